@@ -1,0 +1,13 @@
+"""cnnlab: convolutional neural networks for image classification: learn the math, train, inspect, ship."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("cnnlab")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+src"
+
+from cnnlab.inspect.summary import summary  # noqa: E402
+from cnnlab.models import get_model, list_models, register_model  # noqa: E402
+
+__all__ = ["__version__", "get_model", "list_models", "register_model", "summary"]

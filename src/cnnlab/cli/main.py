@@ -1,0 +1,50 @@
+"""Entry point of the `cnnlab` command: builds the parser from the command modules and runs one."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cnnlab import __version__
+from cnnlab.errors import CnnlabError
+
+# One module per command, in the order `cnnlab --help` lists them.
+COMMAND_MODULES = [
+    "models",
+    "summary",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every command's subparser."""
+    parser = argparse.ArgumentParser(
+        prog="cnnlab",
+        description="Convolutional neural networks for image classification: "
+        "learn the math, train, inspect and ship.",
+        epilog="Run `cnnlab COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"cnnlab.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv`, run the command, and turn known errors into one clear line and an exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except CnnlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `cnnlab models | head` closed the pipe: not an error
+        return 0

@@ -1,0 +1,31 @@
+"""Shared fixtures: the real data directory (required, never skipped) and a quiet matplotlib."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared real datasets; a missing folder fails the test, it does not skip it."""
+    value = os.environ.get("CNNLAB_DATA")
+    assert value, "set CNNLAB_DATA to the shared data folder (e.g. CNNLAB_DATA=../shared/data)"
+    path = Path(value).expanduser().resolve()
+    assert (path / "MNIST" / "raw").is_dir(), f"CNNLAB_DATA={value} has no MNIST/raw folder"
+    return path
+
+
+@pytest.fixture(scope="session")
+def photos_dir(data_dir: Path) -> Path:
+    """The shared sample photographs."""
+    path = data_dir / "images"
+    assert path.is_dir() and any(path.iterdir()), f"no sample photos in {path}"
+    return path
