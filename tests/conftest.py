@@ -13,6 +13,15 @@ matplotlib.use("Agg")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Decoded-data caches go to a fresh folder per test session, never the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CNNLAB_CACHE", str(tmp_path_factory.mktemp("cnnlab-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared real datasets; a missing folder fails the test, it does not skip it."""

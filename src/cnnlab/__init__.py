@@ -9,5 +9,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 from cnnlab.inspect.summary import summary  # noqa: E402
 from cnnlab.models import get_model, list_models, register_model  # noqa: E402
+from cnnlab.train import TrainConfig, load_run  # noqa: E402
+from cnnlab.train import train as train  # noqa: E402  (the function shadows the subpackage's name on purpose)
 
-__all__ = ["__version__", "get_model", "list_models", "register_model", "summary"]
+__all__ = ["TrainConfig", "__version__", "get_model", "list_models", "load_run", "register_model", "summary", "train"]

@@ -13,6 +13,14 @@ from cnnlab.errors import CnnlabError
 COMMAND_MODULES = [
     "models",
     "summary",
+    "datasets",
+    "train",
+    "recipes",
+    "eval",
+    "predict",
+    "kernels",
+    "conv_size",
+    "learn_kernel",
 ]
 
 

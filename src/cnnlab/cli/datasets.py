@@ -1,0 +1,81 @@
+"""`cnnlab datasets [--show NAME]`: the datasets, whether their files are here, and a grid of samples."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "datasets",
+        help="list datasets, or show samples of one",
+        description="List the built-in datasets with classes, image size, channels, number of images and "
+        "whether their files are in the data directory (--data-dir > $CNNLAB_DATA > ~/.cache/cnnlab/data). "
+        "Your own images work as folder:PATH (one sub-folder per class).",
+    )
+    p.add_argument("--data-dir", help="folder holding the datasets (default: $CNNLAB_DATA or ~/.cache/cnnlab/data)")
+    p.add_argument("--show", metavar="NAME", help="write a PNG grid of samples per class of this dataset")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"], help="split to sample (--show)")
+    p.add_argument("--per-class", type=int, default=8, help="samples per class in the grid (default: 8)")
+    p.add_argument("--out", help="PNG path for --show (default: <name>-samples.png)")
+    p.add_argument("--download", action="store_true", help="download the dataset first if it is missing")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.show:
+        return show(args)
+    from cnnlab._text import format_table
+    from cnnlab.data import get_dataset_info, is_present, list_datasets, resolve_data_dir
+
+    root = resolve_data_dir(args.data_dir)
+    records = []
+    for name in list_datasets():
+        info = get_dataset_info(name)
+        records.append(
+            {
+                "name": name,
+                "classes": len(info.classes),
+                "examples": list(info.classes[:4]),
+                "size": list(info.size),
+                "channels": info.channels,
+                "train": info.counts.get("train"),
+                "test": info.counts.get("test"),
+                "present": is_present(name, root),
+                "description": info.description,
+            }
+        )
+    if args.json:
+        print(json.dumps({"data_dir": str(root), "datasets": records}, indent=2))
+        return 0
+    rows = [
+        [
+            r["name"],
+            f"{r['classes']} ({', '.join(r['examples'])}{', ...' if r['classes'] > 4 else ''})",
+            "x".join(map(str, r["size"])),
+            r["channels"],
+            f"{r['train']:,} / {r['test']:,}",
+            "bundled" if r["name"] == "digits" else ("yes" if r["present"] else "no"),
+        ]
+        for r in records
+    ]
+    print(format_table(["name", "classes", "size", "ch", "train / test", "present"], rows, align="llrrrl"))
+    print(f"\ndata directory: {root}")
+    print("missing ones: add --download to `cnnlab train` or `cnnlab datasets --show NAME`.")
+    print("your own images: folder:PATH, with one sub-folder of images per class.")
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    from cnnlab.data import get_dataset
+    from cnnlab.viz.datasets import plot_class_samples, save_png
+
+    data = get_dataset(args.show, args.split, args.data_dir, download=args.download)
+    fig = plot_class_samples(data, per_class=args.per_class)
+    out = args.out or re.sub(r"[^A-Za-z0-9._-]+", "_", args.show.split("/")[-1] or "folder") + "-samples.png"
+    save_png(fig, out)
+    print(f"wrote {out}: {min(len(data.classes), 20)} classes x {args.per_class} {args.split} samples of {args.show}")
+    return 0

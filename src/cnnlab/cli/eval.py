@@ -1,0 +1,67 @@
+"""`cnnlab eval RUN`: accuracy, loss, top-k, per-class metrics, confusion matrix and the worst mistakes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a trained run: metrics, confusion matrix, worst mistakes",
+        description="Evaluate a run's best checkpoint on a split: accuracy, loss, top-k accuracy, per-class "
+        "precision/recall/F1, the confusion matrix (text and PNG), the most-confused class pairs, and a "
+        "gallery of the highest-loss images.",
+    )
+    p.add_argument("run", help="run folder (runs/...) or checkpoint file")
+    p.add_argument("--dataset", help="dataset to evaluate on (default: the run's own)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split (default: test)")
+    p.add_argument("--data-dir", help="folder holding the datasets")
+    p.add_argument("--out", help="folder for the PNGs and metrics.json (default: RUN/eval-<split>)")
+    p.add_argument("--mistakes", type=int, default=24, help="images in the mistakes gallery (default: 24)")
+    p.add_argument("--normalized", action="store_true", help="confusion matrix PNG as row fractions")
+    p.add_argument("--batch-size", type=int, default=1000, help="images per step")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cnnlab._io import atomic_write_json
+    from cnnlab._text import format_table
+    from cnnlab.train.evaluation import evaluate_run
+    from cnnlab.train.run import load_run
+
+    r = load_run(args.run)
+    result = evaluate_run(r, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
+                          batch_size=args.batch_size)
+    rep = result.report
+    out = Path(args.out) if args.out else r.path / f"eval-{args.split}"
+    paths = result.save_figures(out, mistakes=args.mistakes, normalized=args.normalized)
+    summary = rep.to_dict(args.split) | {"dataset": result.dataset, "split": args.split,
+                                         "figures": {k: str(v) for k, v in paths.items()}}
+    atomic_write_json(summary, out / "metrics.json")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    top = "  ".join(f"top-{k} {v:.2%}" for k, v in rep.topk.items() if k > 1)
+    print(f"{result.dataset} {args.split}: {result.n:,} images  accuracy {rep.accuracy:.2%}  loss {rep.loss:.4f}  {top}")
+    print()
+    rows = [[c["class"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"]]
+            for c in rep.per_class()]
+    print(format_table(["class", "precision", "recall", "F1", "support"], rows, align="lrrrr"))
+    if len(rep.classes) <= 20:
+        print("\nconfusion matrix (rows: true class, columns: predicted)")
+        names = [c[:8] for c in rep.classes]
+        print(format_table([""] + names, [[n] + row for n, row in zip(names, rep.confusion.tolist())],
+                           align="l" + "r" * len(names)))
+    pairs = rep.most_confused(5)
+    if pairs:
+        print("\nmost confused: " + "; ".join(f"{t} -> {p} ({n})" for t, p, n in pairs))
+    print()
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    print(f"metrics: {out / 'metrics.json'}")
+    return 0

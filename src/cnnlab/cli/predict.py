@@ -1,0 +1,74 @@
+"""`cnnlab predict RUN IMAGE...`: class names with probabilities for any image files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify images with a trained run",
+        description="Classify image files (PNG, JPEG, BMP, TIFF, WebP, any mode or size) with a trained run; "
+        "each image is converted exactly as in training. A folder expands to its images. Unreadable files "
+        "are reported and the others still predicted (the exit code is then 1).",
+    )
+    p.add_argument("run", help="run folder (runs/...), checkpoint file, or exported .onnx model")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--topk", type=int, default=3, help="classes to show per image (default: 3)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def expand(paths: list[str]) -> list[str]:
+    """Files as given; folders replaced by the image files inside them (sorted)."""
+    from pathlib import Path
+
+    from cnnlab.data.images import list_image_files
+
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out += [str(f) for f in list_image_files(path)[0]]
+        else:
+            out.append(p)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.data.images import BadImageError
+
+    predictor = load_predictor(args.run)
+    files = expand(args.images)
+    if not files:
+        print("error: no image files found", file=sys.stderr)
+        return 2
+    results, failed = [], 0
+    for path in files:
+        try:
+            top = predictor.predict(path, topk=args.topk)
+        except BadImageError as exc:
+            failed += 1
+            results.append({"image": path, "error": str(exc)})
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        results.append({"image": path, "predictions": [{"class": c, "probability": p} for c, p in top]})
+        if not args.json:
+            print(f"{path}: " + ", ".join(f"{c} {p:.1%}" for c, p in top))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+def load_predictor(path: str):
+    """A run (folder or checkpoint), or an exported ONNX model, behind the same .predict(image, topk)."""
+    if path.endswith(".onnx"):
+        from cnnlab.export.onnx_predictor import OnnxPredictor
+
+        return OnnxPredictor(path)
+    from cnnlab.train.run import load_run
+
+    return load_run(path)

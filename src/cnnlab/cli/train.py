@@ -1,0 +1,37 @@
+"""`cnnlab train`: train a model; every option mirrors a field of cnnlab.train.TrainConfig."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from cnnlab.train.config import add_arguments
+
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: lenet on the bundled digits, in seconds)",
+        description="Train a model on a dataset. With no options: lenet on the bundled 8x8 digits. Runs land in "
+        "runs/<model>-<dataset>-<time>/ with config.json, metrics.jsonl, checkpoints/, results.json and "
+        "curves.png. Ctrl-C saves a checkpoint; --resume RUN continues exactly.",
+        epilog="examples:\n  cnnlab train\n  cnnlab train --recipe seed-cnn\n"
+        "  cnnlab train --model resnet9 --dataset cifar10 --download --epochs 24\n"
+        "  cnnlab train --model small_convnet --dataset folder:photos/ --epochs 30\n"
+        "  cnnlab train --resume runs/lenet-digits-20260101-120000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.train import train
+    from cnnlab.train.config import explicit_settings
+
+    settings = explicit_settings(args)
+    if settings.get("nproc", 1) > 1:
+        from cnnlab.train.launch import launch
+
+        return launch(settings)
+    result = train(**settings)
+    return 130 if result.status == "interrupted" else 0

@@ -1,0 +1,128 @@
+"""Reading any image file (any format, mode, bit depth or size) into a uint8 tensor the pipeline can use."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from cnnlab.errors import CnnlabError
+
+ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray, torch.Tensor]
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+
+# Truncated files must fail loudly, never be half-decoded into a silently wrong training image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class BadImageError(CnnlabError):
+    """A file that is not a readable image (corrupt, truncated, not an image, too large)."""
+
+
+def open_image(
+    source: ImageLike | Path, max_pixels: int | None = None, draft: tuple[int, int] | None = None
+) -> Image.Image:
+    """Open and fully decode an image from a path, bytes or PIL image; corrupt input raises BadImageError.
+
+    `draft` (H, W) lets JPEG decode at a reduced scale that is still at least that size: much faster on photos.
+    """
+    if isinstance(source, Image.Image):
+        return source
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise BadImageError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels:,}")
+            if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
+                img.draft(img.mode, (draft[1], draft[0]))
+            img.load()
+    except FileNotFoundError:
+        raise BadImageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise BadImageError(f"{name}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise BadImageError(f"{name}: not an image file (or a format Pillow cannot read)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(f"{name}: refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"{name}: corrupt or truncated image ({exc})") from None
+    return img
+
+
+def to_8bit(img: Image.Image, channels: int) -> Image.Image:
+    """Any PIL mode as an 8-bit "L" (channels=1) or "RGB" (channels=3) image."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        # Deep images: scale by the range of their type, so a 16-bit white is 255 and 8-bit data in "I" stays.
+        if img.mode.startswith("I;16"):
+            top = 65535.0
+        elif img.mode == "F":
+            top = 1.0 if arr.max() <= 1.0 else float(arr.max())
+        else:
+            top = 255.0 if arr.max() <= 255 else 65535.0 if arr.max() <= 65535 else float(arr.max())
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels become white, as a viewer shows them, rather than the black they often store.
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def is_single_channel(img: Image.Image) -> bool:
+    """True for gray modes (1, L, LA, I, I;16, F)."""
+    return img.mode in ("1", "L", "LA", "I", "F") or img.mode.startswith("I;16")
+
+
+def image_to_tensor(img: Image.Image, channels: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A PIL image as a (C, H, W) uint8 tensor, squashed to `size` (H, W) with an antialiased resize."""
+    img = to_8bit(img, channels)
+    if size is not None and img.size != (size[1], size[0]):
+        # reducing_gap: big photos are first shrunk by an integer factor (fast), then resampled (smooth).
+        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def load_image(source: ImageLike, channels: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Any image source (path, bytes, PIL image, HxW / HxWxC array, CxHxW tensor) as a (C, H, W) uint8 tensor."""
+    if isinstance(source, torch.Tensor):
+        t = source.detach().cpu()
+        if t.dim() == 2:
+            t = t[None]
+        if t.dim() != 3:
+            raise CnnlabError(f"an image tensor must be (C, H, W) or (H, W), got shape {tuple(source.shape)}")
+        if t.dtype.is_floating_point:  # floats are taken to be in [0, 1]
+            t = (t.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        source = Image.fromarray(t.permute(1, 2, 0).squeeze(-1).numpy().astype(np.uint8))
+    elif isinstance(source, np.ndarray):
+        a = source
+        if a.dtype != np.uint8:
+            a = (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8) if a.dtype.kind == "f" else a.astype(np.uint8)
+        if a.ndim == 3 and a.shape[2] == 1:
+            a = a[:, :, 0]
+        if a.ndim not in (2, 3):
+            raise CnnlabError(f"an image array must be (H, W) or (H, W, C), got shape {source.shape}")
+        source = Image.fromarray(a)
+    return image_to_tensor(open_image(source, draft=size), channels, size)
+
+
+def list_image_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Files under `folder` (recursively, hidden ones ignored): (likely images, other files)."""
+    images, others = [], []
+    for path in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
+            continue
+        (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
+    return images, others

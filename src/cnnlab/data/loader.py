@@ -1,0 +1,149 @@
+"""Batches for training and evaluation: from one uint8 tensor in memory, or streamed from a folder with workers.
+
+Every epoch's order and every batch's augmentation come from generators seeded by (seed, epoch, batch), so
+the same seed gives the same batches, and a run can resume in the middle of an epoch exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cnnlab.data.augment import Augment
+from cnnlab.data.pipeline import Pipeline
+
+MEMORY_LIMIT = 1 << 30  # convert (resize) the whole dataset up front when the result fits in this many bytes
+
+
+def _seed(*parts: int) -> int:
+    """Mix integers into one 63-bit seed (distinct tuples give distinct streams in practice)."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFF)) * 1099511628211) & 0x7FFFFFFFFFFFFFFF
+    return h
+
+
+class BatchLoader:
+    """Shuffled (or ordered), augmented, normalized batches as (x float, y int64) on `device`."""
+
+    def __init__(
+        self,
+        data,
+        batch_size: int,
+        pipeline: Pipeline,
+        *,
+        augment: Augment | None = None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+        channels_last: bool = False,
+        num_workers: int = 2,
+    ):
+        self.batch_size, self.pipeline = int(batch_size), pipeline
+        self.augment = augment if augment is not None and augment.active else None
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, int(seed)
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        self.channels_last, self.num_workers = channels_last, num_workers
+        self.data = data
+        self.targets = data.targets.to(self.device)
+        self.streaming = not hasattr(data, "images")
+        self.images = None if self.streaming else self._prepare_images(data.images)
+        self.epoch, self.position, self._start = 0, 0, 0
+
+    def _prepare_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Move the uint8 tensor to the device, converted once to the model's size when that fits in memory."""
+        if self.pipeline.needs_convert(images.shape):
+            n = len(images)
+            out_bytes = n * self.pipeline.channels * self.pipeline.size[0] * self.pipeline.size[1]
+            if out_bytes <= MEMORY_LIMIT:
+                # In chunks, so the float intermediate of the resize stays small.
+                images = torch.cat([self.pipeline.convert(c) for c in images.split(4096)]) if n else images
+        return images.to(self.device)
+
+    @property
+    def num_samples(self) -> int:
+        """Images this rank sees per epoch (ranks get equal shares; the remainder is dropped)."""
+        n = len(self.targets)
+        return n // self.world_size if self.world_size > 1 else n
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order and augmentation the next iteration replays."""
+        self.epoch = int(epoch)
+
+    @property
+    def resume_batch(self) -> int:
+        """The batch the next iteration starts at (0 unless resuming mid-epoch)."""
+        return self._start
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at (epoch, batch): the next iteration starts at that batch of that epoch."""
+        self.epoch, self._start = int(state["epoch"]), int(state["batch"])
+
+    def order(self) -> torch.Tensor:
+        """This rank's sample indices for the current epoch."""
+        n = len(self.targets)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_seed(self.seed, self.epoch))
+            idx = torch.randperm(n, generator=g)
+        else:
+            idx = torch.arange(n)
+        if self.world_size > 1:
+            idx = idx[: self.num_samples * self.world_size][self.rank :: self.world_size]
+        return idx
+
+    def index_batches(self) -> list[torch.Tensor]:
+        batches = list(self.order().split(self.batch_size))
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def __iter__(self):
+        batches = self.index_batches()
+        start, self._start = self._start, 0
+        source = self._stream(batches, start) if self.streaming else self._memory(batches, start)
+        for b, (images, targets) in enumerate(source, start=start):
+            x = self.pipeline.convert(images).float().div_(255.0)
+            if self.augment is not None:
+                x = self.augment(x, torch.Generator().manual_seed(_seed(self.seed, self.epoch, b, 1)))
+            x = self.pipeline.normalize(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            self.position = b + 1
+            yield x, targets
+        self.position = 0
+
+    def _memory(self, batches: list[torch.Tensor], start: int):
+        for idx in batches[start:]:
+            idx = idx.to(self.device)
+            yield self.images[idx], self.targets[idx]
+
+    def _stream(self, batches: list[torch.Tensor], start: int):
+        loader = torch.utils.data.DataLoader(
+            self.data,
+            batch_sampler=[b.tolist() for b in batches[start:]],
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+        )
+        for images, targets in loader:
+            yield images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+
+
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack decoded (image, label) pairs, dropping files that failed to decode."""
+    items = [it for it in items if it is not None]
+    if not items:
+        return torch.zeros(0, 1, 1, 1, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+    return torch.stack([im for im, _ in items]), torch.tensor([t for _, t in items], dtype=torch.long)

@@ -1,0 +1,56 @@
+"""A grid of sample images per class, to see what a dataset looks like."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+
+def plot_class_samples(data, per_class: int = 8, max_classes: int = 20, seed: int = 0) -> Figure:
+    """Rows of `per_class` random images for each class (up to `max_classes`), class names on the left."""
+    classes = data.classes[:max_classes]
+    g = torch.Generator().manual_seed(seed)
+    fig = Figure(figsize=(per_class * 0.9 + 1.6, len(classes) * 0.9 + 0.4), dpi=100)
+    axes = fig.subplots(len(classes), per_class, squeeze=False)
+    for row, name in enumerate(classes):
+        idx = torch.nonzero(data.targets == row).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)[:per_class]]
+        for col in range(per_class):
+            ax = axes[row][col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if col < len(idx):
+                img = _image(data, int(idx[col]))
+                ax.imshow(img.squeeze(-1), cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=255)
+        axes[row][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(f"{data.info.name} ({data.split}): {len(data)} images", fontsize=10)
+    fig.subplots_adjust(left=0.16, right=0.99, bottom=0.01, top=0.95, wspace=0.05, hspace=0.05)
+    return fig
+
+
+def _image(data, i: int) -> torch.Tensor:
+    """(H, W, C) uint8 of item i, from memory or decoded from disk."""
+    if hasattr(data, "images"):
+        return data.images[i].permute(1, 2, 0)
+    item = data[i]
+    return (item[0] if item is not None else torch.zeros(1, 8, 8, dtype=torch.uint8)).permute(1, 2, 0)
+
+
+def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write a figure as PNG atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path

@@ -1,0 +1,265 @@
+"""Training runs that can be trusted: real accuracy, exact resume, safe checkpoints, NaN handling, stopping."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnlab
+from cnnlab.errors import CnnlabError
+from cnnlab.train import TrainConfig, load_run
+from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.train.config import FIELDS, resolve
+from cnnlab.train.loop import NonFiniteLoss
+from cnnlab.train.schedule import lr_at
+
+QUIET = {"quiet": True}
+
+
+def test_real_mnist_subset_reaches_95_percent(data_dir: Path, tmp_path: Path) -> None:
+    run = cnnlab.train(model="lenet", dataset="mnist", data_dir=str(data_dir), subset=6000, epochs=2,
+                       batch_size=64, lr=3e-3, out=str(tmp_path / "run"), **QUIET)
+    assert run.results["test_acc"] >= 0.95, run.results["test_acc"]  # measured: about 96-97%
+    assert sum(c["support"] for c in run.results["per_class"]) == 10000  # the full real test split
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "elapsed_s"):
+        assert key in rows[0]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["config"]["model"] == "lenet" and config["environment"]["torch"] == torch.__version__
+    assert config["resolved"]["train_images"] == 6000 and config["resolved"]["val_images"] == 5000
+
+
+def _weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")["state_dict"]
+
+
+# mnist_cnn has dropout and augmentation is on: the global RNG and the batch generators must both resume.
+RESUMABLE = dict(model="mnist_cnn", dataset="digits", epochs=2, batch_size=128, augment="translate=1,cutout=4",
+                 subset=600, seed=5, **QUIET)
+
+
+def _interrupt_at(step: int):
+    """A callback that sends this process a real SIGINT (Ctrl-C) after the given step."""
+
+    def on_step(s, state):
+        if state.step == step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return on_step
+
+
+def test_resume_after_an_epoch_gives_identical_weights(tmp_path: Path) -> None:
+    straight = cnnlab.train(out=str(tmp_path / "a"), **RESUMABLE)
+    first = cnnlab.train(out=str(tmp_path / "b"), on_step=_interrupt_at(4), **RESUMABLE)  # 4 steps = 1 epoch
+    assert first.status == "interrupted"
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["epoch"] == 1
+    resumed = cnnlab.train(resume=str(tmp_path / "b"), quiet=True)
+    assert resumed.status == "completed"
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("images_per_s", "elapsed_s")} for r in rows]
+    assert strip(straight.history) == strip(resumed.history)
+
+
+def test_resume_mid_epoch_gives_identical_weights(tmp_path: Path) -> None:
+    cnnlab.train(out=str(tmp_path / "a"), **RESUMABLE)
+    cnnlab.train(out=str(tmp_path / "b"), on_step=_interrupt_at(6), **RESUMABLE)  # half-way through epoch 2
+    ckpt = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["loader"]["batch"] == 2 and ckpt["status"] == "interrupted"
+    cnnlab.train(resume=str(tmp_path / "b"), quiet=True)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    rows_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda r: {k: v for k, v in json.loads(r).items() if k not in ("images_per_s", "elapsed_s")}
+    assert [strip(r) for r in rows_a] == [strip(r) for r in rows_b]
+
+
+def test_resume_can_extend_epochs_but_not_change_the_model(tmp_path: Path) -> None:
+    cnnlab.train(model="lenet", epochs=1, subset=300, out=str(tmp_path / "r"), **QUIET)
+    with pytest.raises(CnnlabError, match="already finished"):
+        cnnlab.train(resume=str(tmp_path / "r"), quiet=True)
+    with pytest.raises(CnnlabError, match="cannot change lr"):
+        cnnlab.train(resume=str(tmp_path / "r"), lr=0.1)
+    run = cnnlab.train(resume=str(tmp_path / "r"), epochs=2, quiet=True)
+    assert [r["epoch"] for r in run.history] == [1, 2]
+
+
+def test_sigkill_while_writing_a_checkpoint_leaves_a_loadable_one(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import torch
+        from cnnlab.train.checkpoint import save_checkpoint
+        big = torch.randn(4_000_000)  # 16 MB: each write takes a while, so kills land mid-write
+        i = 0
+        while True:
+            payload = big + i
+            save_checkpoint({{"counter": i, "payload": payload, "sum": float(payload.double().sum())}},
+                            {str(tmp_path / "last.pt")!r})
+            print(i, flush=True)
+            i += 1
+    """)
+    seen = []
+    for delay in (0.9, 1.4, 1.9):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # at least one checkpoint exists
+        time.sleep(delay - 0.8)
+        proc.kill()
+        proc.wait()
+        ckpt = load_checkpoint(tmp_path / "last.pt")  # raises if the file were partial
+        assert ckpt["payload"].numel() == 4_000_000
+        assert float(ckpt["payload"].double().sum()) == ckpt["sum"]  # the data is the data that was written
+        seen.append(ckpt["counter"])
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.pt"]
+        for name in leftovers:  # a killed write may leave its temp file, never a damaged last.pt
+            assert name.startswith(".last.pt.") and name.endswith(".tmp")
+    assert len(seen) == 3
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    def poison(s, state):
+        if state.step == 7:  # in epoch 2: epoch 1 ended at step 5 and wrote last.pt
+            with torch.no_grad():
+                s.net.conv1.weight.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLoss) as err:
+        cnnlab.train(model="lenet", epochs=3, batch_size=64, subset=320, out=str(tmp_path / "r"), on_step=poison,
+                     **QUIET)
+    msg = str(err.value)
+    assert "at step 7 (epoch 2)" in msg and "--lr" in msg and str(tmp_path / "r") in msg
+    good = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert good["epoch"] == 1 and all(torch.isfinite(v).all() for v in good["state_dict"].values())
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["status"] == "diverged"
+
+
+def test_a_huge_learning_rate_diverges_with_a_clear_message(tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteLoss, match="no checkpoint was written yet"):
+        cnnlab.train(model="lenet", optimizer="sgd", lr=1e8, schedule="constant", epochs=1,
+                     out=str(tmp_path / "r"), **QUIET)
+
+
+def test_unwritable_output_and_full_disk_are_caught_before_training(tmp_path: Path, monkeypatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(CnnlabError, match="cannot write the run folder"):
+        cnnlab.train(out=str(blocker / "run"), **QUIET)
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(CnnlabError, match="MiB free on the disk"):
+        cnnlab.train(out=str(tmp_path / "full"), **QUIET)
+
+
+def test_stopping_rules(tmp_path: Path) -> None:
+    small = dict(model="lenet", subset=400, **QUIET)
+    target = cnnlab.train(epochs=20, target_acc=50, out=str(tmp_path / "t"), **small)
+    assert len(target.history) < 20 and target.history[-1]["val_acc"] >= 0.5
+    timed = cnnlab.train(epochs=50, max_time=1.0, out=str(tmp_path / "m"), **small)
+    assert len(timed.history) < 50 and timed.results["train_seconds"] < 10
+    patient = cnnlab.train(epochs=30, lr=1e-9, patience=2, out=str(tmp_path / "p"), **small)
+    assert len(patient.history) <= 4  # no progress at lr 1e-9: stops two epochs after the best
+
+
+def test_same_seed_same_run(tmp_path: Path) -> None:
+    small = dict(model="lenet", epochs=1, subset=500, **QUIET)
+    a = cnnlab.train(seed=3, out=str(tmp_path / "a"), **small)
+    b = cnnlab.train(seed=3, out=str(tmp_path / "b"), **small)
+    c = cnnlab.train(seed=4, out=str(tmp_path / "c"), **small)
+    wa, wb, wc = (_weights(tmp_path / n) for n in "abc")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not torch.equal(wa["conv1.weight"], wc["conv1.weight"])
+    assert a.results["test_acc"] == b.results["test_acc"] and c is not None
+
+
+def test_predict_from_a_loaded_run_matches_training_conversion(tmp_path: Path) -> None:
+    from cnnlab.data import get_dataset
+
+    cnnlab.train(model="lenet", epochs=3, out=str(tmp_path / "r"), **QUIET)
+    run = load_run(tmp_path / "r")
+    test = get_dataset("digits", "test")
+    images = test.images[:64]
+    # Predicting uint8 tensors one by one equals the evaluation path on the same images.
+    preds = [run.predict(img, topk=1)[0][0] for img in images]
+    batch = run.pipeline(images)
+    expected = [run.classes[i] for i in run.logits(batch).argmax(1).tolist()]
+    assert preds == expected
+    acc = sum(p == str(int(t)) for p, t in zip(preds, test.targets[:64])) / 64
+    assert acc > 0.8
+    probs = run.predict_proba(images[0])
+    assert probs.shape == (1, 10) and abs(float(probs.sum()) - 1) < 1e-5
+
+
+def test_single_logit_two_class_training(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for cls, value in (("dark", 30), ("light", 220)):
+        for i in range(30):
+            (tmp_path / "imgs" / cls).mkdir(parents=True, exist_ok=True)
+            Image.new("L", (20, 20), value + (i % 7)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    run = cnnlab.train(model="lenet", dataset=f"folder:{tmp_path / 'imgs'}", single_logit=True, epochs=3,
+                       out=str(tmp_path / "r"), **QUIET)
+    assert run.model.fc2.out_features == 1 and run.results["test_acc"] == 1.0
+    top = run.predict(tmp_path / "imgs" / "light" / "0.png", topk=2)
+    assert top[0][0] == "light" and abs(top[0][1] + top[1][1] - 1) < 1e-6
+
+
+def test_tensorboard_logs_scalars(tmp_path: Path) -> None:
+    cnnlab.train(model="lenet", epochs=1, subset=200, tensorboard=True, out=str(tmp_path / "r"), **QUIET)
+    assert list((tmp_path / "r" / "tb").glob("events.out.tfevents.*"))
+
+
+# ---------------------------------------------------------------- config and schedules
+
+
+def test_recipe_is_overridden_by_explicit_settings() -> None:
+    cfg = resolve({"recipe": "seed-mlp", "epochs": 2})
+    assert cfg.model == "mlp" and cfg.optimizer == "sgd" and cfg.momentum == 0 and cfg.epochs == 2
+    assert cfg.model_kwargs == {"final_softmax": True} and cfg.normalize is False
+    with pytest.raises(CnnlabError, match="unknown recipe"):
+        resolve({"recipe": "seed-mpl"})
+
+
+def test_every_setting_has_a_cli_flag_and_help() -> None:
+    import argparse
+
+    from cnnlab.train.config import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = {a.dest for a in parser._actions}
+    assert set(FIELDS) <= flags
+    assert all(f.metadata["help"] for f in FIELDS.values())
+    args = parser.parse_args(["--batch-size", "32", "--no-normalize", "--model-kwargs", '{"pool2": "avg"}'])
+    from cnnlab.train.config import explicit_settings
+
+    assert explicit_settings(args) == {"batch_size": 32, "normalize": False, "model_kwargs": {"pool2": "avg"}}
+    assert TrainConfig().model == "lenet"
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "onecycle"])
+def test_schedules_are_pure_functions_of_the_step(schedule: str) -> None:
+    kw = dict(base_lr=0.1, schedule=schedule, total_steps=100, warmup_steps=10, step_size=30, gamma=0.5)
+    values = [lr_at(i, **kw) for i in range(100)]
+    assert values == [lr_at(i, **kw) for i in range(100)]
+    assert values[0] == pytest.approx(0.1 * (1 / 10) * (0.04 if schedule == "onecycle" else 1))  # warm-up
+    assert max(values) <= 0.1 + 1e-12
+    if schedule == "cosine":
+        assert values[-1] < 0.001
+    if schedule == "step":
+        assert values[35] == pytest.approx(0.05) and values[65] == pytest.approx(0.025)
+    if schedule == "onecycle":
+        assert values.index(max(values)) == 25 and values[-1] < 0.005
