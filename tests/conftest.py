@@ -38,3 +38,14 @@ def photos_dir(data_dir: Path) -> Path:
     path = data_dir / "images"
     assert path.is_dir() and any(path.iterdir()), f"no sample photos in {path}"
     return path
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LeNet trained on the bundled digits for a few epochs (about 95% test accuracy), shared by tests."""
+    import cnnlab
+
+    out = tmp_path_factory.mktemp("runs") / "lenet-digits"
+    run = cnnlab.train(model="lenet", dataset="digits", epochs=4, seed=0, out=str(out), quiet=True)
+    assert run.results["test_acc"] > 0.85
+    return out

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import torch
 from matplotlib.figure import Figure
 
@@ -26,7 +22,7 @@ def plot_class_samples(data, per_class: int = 8, max_classes: int = 20, seed: in
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if col < len(idx):
-                img = _image(data, int(idx[col]))
+                img = _image(data, int(idx[col])).numpy()
                 ax.imshow(img.squeeze(-1), cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=255)
         axes[row][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle(f"{data.info.name} ({data.split}): {len(data)} images", fontsize=10)
@@ -41,16 +37,3 @@ def _image(data, i: int) -> torch.Tensor:
     item = data[i]
     return (item[0] if item is not None else torch.zeros(1, 8, 8, dtype=torch.uint8)).permute(1, 2, 0)
 
-
-def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write a figure as PNG atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path

@@ -1,0 +1,246 @@
+"""Torchvision backbones for transfer learning: registry entries, head helpers, freezing, embeddings.
+
+Every builder takes `weights`: None/'none' (random init, the default), 'DEFAULT' or a torchvision weight name
+(e.g. 'IMAGENET1K_V1': pretrained, downloaded into the torch cache), or a path to a local state dict. The head is
+built for `num_classes`; a file's head is loaded only when its shape fits. Built models carry `head_name`,
+`head_names` (Inception v3 adds 'AuxLogits.fc') and `weights_info` (see `cnnlab.models.weights`).
+
+Inception v3 in training mode with `aux_logits=True` returns (logits, aux_logits); train it with
+`loss_with_aux(criterion, output, target)`, i.e. `criterion(logits, y) + 0.4 * criterion(aux, y)`.
+
+Input size and normalization are those of the ImageNet weights (`weights.transforms()`: crop size, mean, std);
+they are written here rather than read from torchvision at import time because importing torchvision.models
+costs about a second on every `import cnnlab`; tests/test_backbones.py checks they match torchvision's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models._registry import InputSize, register_model
+from cnnlab.models.weights import is_random_init, load_weights
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TAGS = ("torchvision", "pretrained")
+AUX_LOSS_WEIGHT = 0.4  # Szegedy et al. 2016 weigh the auxiliary classifier's loss by 0.3-0.4; torchvision uses 0.4
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """What cnnlab needs to know about a torchvision architecture beyond its builder."""
+
+    heads: tuple[str, ...]  # qualified names of the final Linear layers, main head first
+    min_size: int  # smallest height/width the network accepts (torchvision's weights meta `min_size`)
+
+
+BACKBONES: dict[str, Backbone] = {
+    "resnet18": Backbone(("fc",), 1),
+    "resnet50": Backbone(("fc",), 1),
+    "vgg16": Backbone(("classifier.6",), 32),
+    "inception_v3": Backbone(("fc", "AuxLogits.fc"), 75),
+    "mobilenet_v3_small": Backbone(("classifier.3",), 1),
+    "efficientnet_b0": Backbone(("classifier.1",), 1),
+    "convnext_tiny": Backbone(("classifier.2",), 32),
+}
+INCEPTION_AUX_MIN_SIZE = 299  # the auxiliary head's 5x5 conv needs Mixed_6e at 17x17, i.e. a 299x299 input
+
+
+def build_backbone(
+    arch: str, num_classes: int, input_size: InputSize, weights: str | None = None, **tv_kwargs: Any
+) -> nn.Module:
+    """Build torchvision's `arch` with a `num_classes` head, then load `weights` (see module docstring)."""
+    import torchvision.models  # here, not at the top: importing it costs about a second
+
+    c, h, w = input_size
+    if c != 3:
+        raise CnnlabError(f"{arch} takes 3-channel (RGB) images, got {c} channels; convert gray images to RGB")
+    least = INCEPTION_AUX_MIN_SIZE if tv_kwargs.get("aux_logits") else BACKBONES[arch].min_size
+    if min(h, w) < least:
+        raise CnnlabError(f"{arch} needs inputs of at least {least}x{least}, got {h}x{w}")
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **tv_kwargs)
+    model.head_names = tuple(n for n in BACKBONES[arch].heads if _has_module(model, n))
+    model.head_name = model.head_names[0]
+    model.weights_info = load_weights(model, arch, weights, model.head_names)
+    return model
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        return isinstance(model.get_submodule(name), nn.Module)
+    except AttributeError:
+        return False
+
+
+def _entry(name: str, *, size: int, description: str, source: str) -> Callable[[Callable], Callable]:
+    """`register_model` with what all backbones share: ImageNet classes and normalization, square input."""
+    return register_model(
+        name,
+        input_size=(3, size, size),
+        num_classes=1000,
+        description=description,
+        source=source,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        tags=TAGS,
+    )
+
+
+@_entry(
+    "resnet18",
+    size=224,
+    description="ResNet-18 (torchvision): basic residual blocks; --weights DEFAULT for ImageNet",
+    source="He et al. 2016, Deep Residual Learning for Image Recognition",
+)
+def resnet18(num_classes: int, input_size: InputSize, weights: str | None = None) -> nn.Module:
+    """ResNet-18; head `fc`."""
+    return build_backbone("resnet18", num_classes, input_size, weights)
+
+
+@_entry(
+    "resnet50",
+    size=224,
+    description="ResNet-50 (torchvision): bottleneck residual blocks; --weights DEFAULT for ImageNet",
+    source="He et al. 2016, Deep Residual Learning for Image Recognition",
+)
+def resnet50(num_classes: int, input_size: InputSize, weights: str | None = None) -> nn.Module:
+    """ResNet-50; head `fc`."""
+    return build_backbone("resnet50", num_classes, input_size, weights)
+
+
+@_entry(
+    "vgg16",
+    size=224,
+    description="VGG-16 (torchvision): 13 3x3 convs, 3 big Linear layers; --weights DEFAULT for ImageNet",
+    source="Simonyan & Zisserman 2015, Very Deep Convolutional Networks for Large-Scale Image Recognition",
+)
+def vgg16(num_classes: int, input_size: InputSize, weights: str | None = None) -> nn.Module:
+    """VGG-16 without BatchNorm; head `classifier.6`."""
+    return build_backbone("vgg16", num_classes, input_size, weights)
+
+
+@_entry(
+    "inception_v3",
+    size=299,
+    description="Inception v3 (torchvision): factorized convs, optional aux head; --weights DEFAULT",
+    source="Szegedy et al. 2016, Rethinking the Inception Architecture for Computer Vision",
+)
+def inception_v3(
+    num_classes: int,
+    input_size: InputSize,
+    weights: str | None = None,
+    aux_logits: bool = False,
+    transform_input: bool = True,
+) -> nn.Module:
+    """Inception v3; heads `fc` and, with `aux_logits`, `AuxLogits.fc` (train mode then returns both logits)."""
+    # aux_logits is off by default: it needs 299x299 inputs and a loss on both outputs (loss_with_aux).
+    # transform_input rescales ImageNet-normalized input to the [-1, 1] range Google's weights were trained on;
+    # on for random init too, so a checkpoint rebuilds to the same function whatever `weights` it started from.
+    return build_backbone(
+        "inception_v3", num_classes, input_size, weights,
+        aux_logits=aux_logits, transform_input=transform_input,
+        # Its truncated-normal init takes a second and loaded weights overwrite it (torchvision skips it too).
+        init_weights=is_random_init(weights),
+    )
+
+
+@_entry(
+    "mobilenet_v3_small",
+    size=224,
+    description="MobileNet V3 Small (torchvision): for phones; --weights DEFAULT for ImageNet",
+    source="Howard et al. 2019, Searching for MobileNetV3",
+)
+def mobilenet_v3_small(num_classes: int, input_size: InputSize, weights: str | None = None) -> nn.Module:
+    """MobileNet V3 Small; head `classifier.3`."""
+    return build_backbone("mobilenet_v3_small", num_classes, input_size, weights)
+
+
+@_entry(
+    "efficientnet_b0",
+    size=224,
+    description="EfficientNet-B0 (torchvision): MBConv + squeeze-excite; --weights DEFAULT for ImageNet",
+    source="Tan & Le 2019, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
+)
+def efficientnet_b0(num_classes: int, input_size: InputSize, weights: str | None = None) -> nn.Module:
+    """EfficientNet-B0; head `classifier.1`."""
+    return build_backbone("efficientnet_b0", num_classes, input_size, weights)
+
+
+@_entry(
+    "convnext_tiny",
+    size=224,
+    description="ConvNeXt-Tiny (torchvision): 7x7 depthwise, LayerNorm; --weights DEFAULT for ImageNet",
+    source="Liu et al. 2022, A ConvNet for the 2020s",
+)
+def convnext_tiny(num_classes: int, input_size: InputSize, weights: str | None = None) -> nn.Module:
+    """ConvNeXt-Tiny; head `classifier.2`."""
+    return build_backbone("convnext_tiny", num_classes, input_size, weights)
+
+
+def head_names(model: nn.Module) -> tuple[str, ...]:
+    """Qualified names of the model's classification heads (main first)."""
+    names = getattr(model, "head_names", None)
+    if not names:
+        raise CnnlabError("this model has no recorded head; build a torchvision backbone with cnnlab.get_model")
+    return tuple(names)
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the classification head(s): what a feature-extraction run trains."""
+    return [p for name in head_names(model) for p in model.get_submodule(name).parameters()]
+
+
+def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter outside the head(s)."""
+    head = {id(p) for p in head_parameters(model)}
+    return [p for p in model.parameters() if id(p) not in head]
+
+
+def freeze_backbone(model: nn.Module, frozen: bool = True) -> nn.Module:
+    """Turn gradients off (or back on) for everything but the head(s); heads always stay trainable.
+
+    Only parameters freeze: BatchNorm running statistics still update in train mode (call `.eval()` on those
+    layers if they must stay fixed too). Optimizers skip parameters whose `.grad` is None, so a frozen layer keeps
+    its values even when passed to the optimizer, weight decay included.
+    """
+    for p in backbone_parameters(model):
+        p.requires_grad_(not frozen)
+    for p in head_parameters(model):
+        p.requires_grad_(True)
+    return model
+
+
+def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The features the main head receives for `x` (N, D): the backbone's image embedding."""
+    captured: list[torch.Tensor] = []
+    # A pre-hook reads the head's input without changing the model, so it is safe to call at any time.
+    hook = model.get_submodule(head_names(model)[0]).register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    try:
+        model(x)
+    finally:
+        hook.remove()
+    return captured[0]
+
+
+def main_and_aux(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Split a model output into (logits, auxiliary logits or None): Inception v3 trains with both."""
+    if isinstance(output, torch.Tensor):
+        return output, None
+    return output[0], (output[1] if len(output) > 1 else None)
+
+
+def loss_with_aux(
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    output: Any,
+    target: torch.Tensor,
+    aux_weight: float = AUX_LOSS_WEIGHT,
+) -> torch.Tensor:
+    """`criterion(logits, target) + aux_weight * criterion(aux, target)`; just the first term without aux."""
+    logits, aux = main_and_aux(output)
+    loss = criterion(logits, target)
+    return loss if aux is None else loss + aux_weight * criterion(aux, target)

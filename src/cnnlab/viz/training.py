@@ -1,0 +1,132 @@
+"""How training went: loss and accuracy curves, and the confusion matrix."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from cnnlab.errors import CnnlabError
+from cnnlab.viz.images import to_numpy
+from cnnlab.viz.style import CMAP_COUNTS, COLORS, canvas, plot_style, root_figure, single_axes
+
+
+def _series(history: Sequence[dict[str, Any]], key: str) -> np.ndarray:
+    """One column of the history; a missing or None value is NaN, so matplotlib leaves a gap."""
+    return np.array([math.nan if h.get(key) is None else float(h[key]) for h in history])
+
+
+def best_epoch_index(history: Sequence[dict[str, Any]]) -> int | None:
+    """Index of the epoch training kept as best: highest validation accuracy (train accuracy without validation).
+
+    Ties go to the earliest epoch, as in the training loop, which replaces best.pt only on a strict improvement.
+    """
+    for key in ("val_acc", "train_acc"):
+        values = _series(history, key)
+        if not np.all(np.isnan(values)):
+            return int(np.nanargmax(values))
+    return None
+
+
+def plot_curves(
+    history: Sequence[dict[str, Any]],
+    ax: Axes | None = None,
+    title: str | None = None,
+    figsize: tuple[float, float] | None = None,
+    best_epoch: int | None = None,
+) -> Figure:
+    """Loss and accuracy per epoch, train against validation, with the best epoch (the kept checkpoint) marked.
+
+    The best epoch is the one with the highest validation accuracy (what `best.pt` holds), or `best_epoch` when
+    given; both panels mark that same epoch, so the loss panel does not point at a different "best".
+    """
+    if not history:
+        raise CnnlabError("plot_curves got an empty history: train for at least one epoch")
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    marker = "o" if len(history) <= 30 else None  # single epochs stay visible as dots
+    best = epochs.index(best_epoch) if best_epoch in epochs else best_epoch_index(history)
+    has_val = not np.all(np.isnan(_series(history, "val_acc")))
+    with plot_style():
+        box = canvas(ax, figsize or (8.0, 3.2))
+        axes = box.subplots(1, 2)
+        for a, metric, label in zip(axes, ("loss", "acc"), ("loss", "accuracy")):
+            train, val = _series(history, f"train_{metric}"), _series(history, f"val_{metric}")
+            if not np.all(np.isnan(train)):
+                a.plot(epochs, train, marker=marker, ms=3, color=COLORS["train"], label="train")
+            if not np.all(np.isnan(val)):
+                a.plot(epochs, val, marker=marker, ms=3, color=COLORS["val"], label="validation")
+            if best is not None:
+                # The checkpoint kept: chosen by validation accuracy (train accuracy when there is no validation).
+                series, color = (val, COLORS["val"]) if has_val else (train, COLORS["train"])
+                a.axvline(epochs[best], color="#888888", lw=0.8, ls=":")
+                if not np.isnan(series[best]):
+                    a.plot([epochs[best]], [series[best]], "*", ms=10, color=color,
+                           label=f"best epoch {epochs[best]} (kept)")
+            values = np.concatenate([train, val])
+            if metric == "acc" and np.nanmax(np.append(values, 0)) <= 1.0:
+                a.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+            a.set_xlabel("epoch")
+            a.set_ylabel(label)
+            a.set_title(label)
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+            a.grid(True)
+            if a.get_legend_handles_labels()[0]:
+                a.legend()
+        if title:
+            box.suptitle(title)
+    return root_figure(box)
+
+
+def plot_confusion(
+    cm: Any,
+    class_names: Sequence[str] | None = None,
+    normalize: bool = False,
+    ax: Axes | None = None,
+    title: str | None = None,
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """Rows = true class, columns = predicted; counts (or row fractions) written in the cells when K <= 20."""
+    counts = to_numpy(cm)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
+        raise CnnlabError(f"a confusion matrix must be square (K, K), got shape {counts.shape}")
+    k = counts.shape[0]
+    names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(k)]
+    if len(names) != k:
+        raise CnnlabError(f"got {len(names)} class names for a {k}x{k} confusion matrix")
+    counts = counts.astype(np.float64)
+    total = counts.sum()
+    if normalize:
+        # Each row divided by its true-class count: the diagonal is each class's recall.
+        rows = counts.sum(axis=1, keepdims=True)
+        values = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+        vmax = 1.0
+    else:
+        values = counts
+        vmax = max(values.max(), 1.0)
+    side = max(4.0, 0.45 * k + 2.2)
+    with plot_style():
+        a = single_axes(ax, figsize or (side + 0.8, side))
+        im = a.imshow(values, cmap=CMAP_COUNTS, vmin=0.0, vmax=vmax)
+        fmt = PercentFormatter(1.0) if normalize else None
+        a.get_figure().colorbar(im, ax=a, fraction=0.046, pad=0.04, format=fmt)
+        a.set_xticks(range(k), names, rotation=45 if k > 4 or max(map(len, names)) > 4 else 0, ha="right")
+        a.set_yticks(range(k), names)
+        a.set_xlabel("predicted")
+        a.set_ylabel("true")
+        for spine in a.spines.values():
+            spine.set_visible(False)
+        if k <= 20:
+            for i in range(k):
+                for j in range(k):
+                    v = values[i, j]
+                    text = f"{v:.2f}" if normalize else f"{int(round(v))}"
+                    color = "white" if v > 0.5 * vmax else COLORS["text"]
+                    a.text(j, i, text, ha="center", va="center", fontsize=8 if k <= 10 else 6, color=color)
+        accuracy = np.trace(counts) / total if total else 0.0
+        kind = "normalized by true class" if normalize else "counts"
+        a.set_title(title or f"confusion matrix ({kind}); accuracy {accuracy:.1%}")
+    return root_figure(a.get_figure())

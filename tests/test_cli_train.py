@@ -1,0 +1,102 @@
+"""The training-side CLI: train, eval, recipes, datasets, models, summary; their --help and outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab.cli.main import build_parser, main
+
+
+def test_every_command_has_help(capsys) -> None:
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"models", "summary", "datasets", "train", "recipes", "eval", "predict"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: cnnlab " + name) and len(out) > 200
+    assert main([]) == 0 and "commands:" in capsys.readouterr().out
+
+
+def test_models_and_summary_commands(capsys) -> None:
+    assert main(["models", "lenet*"]) == 0
+    out = capsys.readouterr().out
+    assert "lenet" in out and "lenet5" in out and "37.11K" in out and "1x28x28" in out
+    assert main(["models", "--json"]) == 0
+    names = {r["name"] for r in json.loads(capsys.readouterr().out)}
+    assert {"mlp", "lenet", "lenet5", "cifar_net", "mnist_cnn", "small_convnet", "resnet9", "fastnet"} <= names
+    assert main(["summary", "lenet", "--input", "3x32x32"]) == 0
+    assert "(32 + 2*2 - 5) / 1 + 1 = 32" in capsys.readouterr().out
+    assert main(["summary", "lenet", "--input", "1x32x32", "--fixed"]) == 1
+    assert "expects 400 input features but gets 576" in capsys.readouterr().out
+    assert main(["summary", "lenett"]) == 2
+    assert "Did you mean: lenet" in capsys.readouterr().err
+
+
+def test_datasets_command_and_sample_grid(data_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main(["datasets", "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "mnist" in out and "yes" in out and "bundled" in out and "cifar10" in out
+    png = tmp_path / "grid.png"
+    assert main(["datasets", "--show", "mnist", "--data-dir", str(data_dir), "--out", str(png)]) == 0
+    img = Image.open(png).convert("L")
+    assert img.width > 400 and img.height > 600
+    hist = img.histogram()
+    assert hist[0] > 10000 and sum(hist[200:]) > 2000  # black backgrounds and white strokes
+    assert main(["datasets", "--show", "mnist", "--data-dir", str(tmp_path)]) == 2
+    assert "--download" in capsys.readouterr().err
+
+
+def test_recipes_command(capsys) -> None:
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name in ("seed-mlp", "seed-lenet", "seed-cnn", "digits"):
+        assert name in out
+    assert "83.01%" in out and "89.61%" in out
+    assert main(["recipes", "seed-cnn"]) == 0
+    assert "--batch-size 100" in capsys.readouterr().out
+
+
+def test_train_json_and_eval_outputs(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "r"
+    assert main(["train", "--epochs", "2", "--subset", "400", "--json", "--out", str(run)]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["event"] for e in events] == ["epoch", "epoch", "done"] and events[-1]["test_acc"] > 0.3
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "most confused" in out and "precision" in out
+    for name in ("confusion.png", "mistakes.png"):
+        img = Image.open(run / "eval-test" / name)
+        img.load()
+        assert img.width > 300 and len(np.unique(np.asarray(img.convert("L")))) > 10
+    metrics = json.loads((run / "eval-test" / "metrics.json").read_text())
+    assert len(metrics["confusion_matrix"]) == 10 and "test_top3_acc" in metrics
+
+
+def test_ctrl_c_saves_and_prints_the_resume_command(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", "train", "--epochs", "50", "--out", str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
+    for line in proc.stdout:  # wait until training has really started
+        if line.startswith("run folder:"):
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out = proc.stdout.read()
+    assert proc.wait(timeout=60) == 130
+    assert f"resume with: cnnlab train --resume {run}" in out
+    assert (run / "checkpoints" / "last.pt").is_file()
