@@ -12,6 +12,16 @@ from typing import Any, Iterator
 import torch
 
 
+def _file_mode() -> int:
+    """The mode a plain `open()` would give a new file (0o666 minus the umask), read once at import."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path to write; on success it replaces `path` in one rename, on failure it is removed."""
@@ -19,6 +29,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600 files; results should be as readable as any other file
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:  # the data must be on disk before the rename makes it visible
