@@ -71,11 +71,12 @@ def run(args: argparse.Namespace) -> int:
 
 def show(args: argparse.Namespace) -> int:
     from cnnlab.data import get_dataset
-    from cnnlab.viz.datasets import plot_class_samples, save_png
+    from cnnlab.viz import save_figure
+    from cnnlab.viz.datasets import plot_class_samples
 
     data = get_dataset(args.show, args.split, args.data_dir, download=args.download)
     fig = plot_class_samples(data, per_class=args.per_class)
     out = args.out or re.sub(r"[^A-Za-z0-9._-]+", "_", args.show.split("/")[-1] or "folder") + "-samples.png"
-    save_png(fig, out)
+    save_figure(fig, out)
     print(f"wrote {out}: {min(len(data.classes), 20)} classes x {args.per_class} {args.split} samples of {args.show}")
     return 0

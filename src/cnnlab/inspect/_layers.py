@@ -188,3 +188,16 @@ def as_batch(x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 4:
         raise CnnlabError(f"expected an image tensor (C, H, W) or a batch (N, C, H, W), got shape {tuple(x.shape)}")
     return x
+
+
+def gradient_ready(model: nn.Module) -> nn.Module:
+    """`model`, or a copy of it when it was built under torch.inference_mode (its tensors cannot take gradients).
+
+    A Run's model built lazily inside `run.predict` is such a model; Grad-CAM and saliency need gradients.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    if not any(t.is_inference() for t in tensors):
+        return model
+    import copy
+
+    return copy.deepcopy(model)  # outside inference mode, the copies are ordinary tensors

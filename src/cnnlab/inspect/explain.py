@@ -25,7 +25,7 @@ from torch import nn
 from cnnlab.data.images import ImageLike
 from cnnlab.data.pipeline import Pipeline
 from cnnlab.errors import CnnlabError
-from cnnlab.inspect._layers import logits_of, model_device, restore_modes, save_modes
+from cnnlab.inspect._layers import gradient_ready, logits_of, model_device, restore_modes, save_modes
 from cnnlab.inspect.features import FeatureExtractor, Features, select_layers
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class Subject:
     model: nn.Module
     pipeline: Pipeline
     classes: tuple[str, ...]
-    name: str  # e.g. "lenet (run runs/lenet-digits-...)" or "resnet18 (untrained)"
+    name: str  # for titles: "lenet, run lenet-digits-..." or "resnet18, untrained (random weights, seed 0)"
     trained: bool
     outputs_are_probs: bool = False
     run_path: Path | None = None
@@ -72,16 +72,16 @@ class Explanation(dict):
 
 def subject_from_run(run: "Run") -> Subject:
     """A trained run: its best weights, its exact image pipeline, its class names."""
-    model = run.model
+    model = gradient_ready(run.model)
     status = run.status
-    name = f"{run.spec.name} (run {run.path}" + (f", {status})" if status not in ("completed", "unknown") else ")")
+    name = f"{run.spec.name}, run {run.path.name}" + (f" ({status})" if status not in ("completed", "unknown") else "")
     return Subject(model, run.pipeline, tuple(run.classes), name, trained=True,
                    outputs_are_probs=run.outputs_are_probs, run_path=run.path)
 
 
 def subject_from_model(model: str | nn.Module, in_chans: int | None = None,
                        input_size: Sequence[int] | None = None, seed: int = 0) -> Subject:
-    """A model name (built untrained, random weights from `seed`) or a built model, fed at its size and normalization."""
+    """A model name (built untrained, random weights from `seed`) or a built model, at its size and normalization."""
     from cnnlab.models import get_model, get_model_info
 
     if isinstance(model, nn.Module):
@@ -89,7 +89,7 @@ def subject_from_model(model: str | nn.Module, in_chans: int | None = None,
         if spec is None:
             raise CnnlabError(f"{type(model).__name__} has no .spec (input size): build it with cnnlab.get_model, "
                               "or explain a trained run")
-        info, net, label, trained = get_model_info(spec.name), model, spec.name, True
+        info, net, label, trained = get_model_info(spec.name), gradient_ready(model), spec.name, True
         size = tuple(spec.input_size)
     else:
         info = get_model_info(model)
@@ -107,8 +107,8 @@ def subject_from_model(model: str | nn.Module, in_chans: int | None = None,
     pipeline = Pipeline.build(c, size, tuple(mean), tuple(std))
     k = net.spec.num_classes
     classes = tuple(f"class {i}" for i in range(2 if k == 1 else k))
-    about = "weights as given" if trained else f"untrained, random weights, seed {seed}"
-    return Subject(net, pipeline, classes, f"{label} ({about})", trained=trained)
+    about = "weights as given" if trained else f"untrained (random weights, seed {seed})"
+    return Subject(net, pipeline, classes, f"{label}, {about}", trained=trained)
 
 
 def as_subject(run_or_model: Any, in_chans: int | None = None, input_size: Sequence[int] | None = None,
@@ -157,7 +157,8 @@ def resolve_class(target: int | str | None, classes: Sequence[str]) -> int | Non
         raise CnnlabError(f"unknown class {target!r}; give a class index 0..{len(classes) - 1} or a name: {shown}")
     idx = int(target)
     if not 0 <= idx < len(classes):
-        raise CnnlabError(f"class index {idx} out of range: the model has {len(classes)} classes (0..{len(classes) - 1})")
+        raise CnnlabError(f"class index {idx} out of range: the model has {len(classes)} classes "
+                          f"(0..{len(classes) - 1})")
     return idx
 
 
@@ -220,7 +221,14 @@ def group_layers(features: Features, max_columns: int = MAX_COLUMNS) -> list[tup
         for i, chunk in enumerate(chunks, 1):
             label = key or (chunk[0] if len(chunk) == 1 else f"{chunk[0]}-{chunk[-1]}")
             groups.append((label + (f" part {i} of {len(chunks)}" if len(chunks) > 1 else ""), chunk))
-    return groups
+    # Small neighbours share a file (ResNet-9's prep and conv1 blocks): fewer, fuller figures.
+    merged: list[tuple[str, list[str]]] = []
+    for label, chunk in groups:
+        if merged and len(merged[-1][1]) + len(chunk) <= max_columns:
+            merged[-1] = (f"{merged[-1][0]}, {label}", merged[-1][1] + chunk)
+        else:
+            merged.append((label, chunk))
+    return merged
 
 
 # ---------------------------------------------------------------- the files
@@ -264,13 +272,24 @@ def explain(
     from cnnlab.viz import plot_filters
 
     subject = as_subject(run_or_model, in_chans, input_size, seed)
+    # Bad input is refused before any file is written.
     layer_names = resolve_layers(subject.model, layers)
+    select_layers(subject.model, layer_names)  # an unknown name lists the available ones
+    cls = resolve_class(target, subject.classes)
+    if cls not in (None, 1) and _single_logit(subject.model):
+        raise CnnlabError(f"this model has one logit, the score of {subject.classes[1]!r}: Grad-CAM can explain "
+                          f"only that class (--target {subject.classes[1]})")
     x = subject.pipeline.load(image)  # missing or unreadable files raise BadImageError, a CnnlabError
     out = Path(out_dir) if out_dir is not None else default_out_dir(subject, image)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CnnlabError(f"cannot create the output folder {out}: {exc.strerror or exc}; choose another --out") \
+            from None
     result = Explanation(subject, out)
     if not subject.trained:
-        result.notes.append(f"{subject.name}: the predictions are meaningless; the filters and feature maps show "
-                            "what random convolutions do to the image")
+        result.notes.append("the model is untrained (random weights): its predictions are meaningless; the filters "
+                            "and feature maps show what random convolutions do to the image")
     model = subject.model
     saved = save_modes(model)
     model.eval()
@@ -279,7 +298,7 @@ def explain(
         c, h, w = x.shape[1:]
         result.add("input", save_input_png(shown, out / "input.png"),
                    f"the image as the model sees it: {c}x{h}x{w}, {'gray' if c == 1 else 'RGB'}")
-        probs = _predict(subject, x)
+        probs, features = _forward(subject, x, layer_names)
         _predictions(result, shown, probs, topk, out)
         if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
             result.notes.append(f"{subject.name} has no conv layer: no filters, feature maps or Grad-CAM to show")
@@ -288,11 +307,16 @@ def explain(
         w0 = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).weight
         result.add("filters", _save(fig, out / "filters.png"),
                    f"first conv layer: {w0.shape[0]} filters of {'x'.join(map(str, w0.shape[1:]))}")
-        _feature_maps(result, x, layer_names, channels, max_columns, out)
-        _gradcam(result, x, shown, probs, target, topk, out)
+        _feature_maps(result, features, channels, max_columns, out)
+        _gradcam(result, x, shown, probs, cls, topk, out)
     finally:
         restore_modes(saved)
     return result
+
+
+def _single_logit(model: nn.Module) -> bool:
+    spec = getattr(model, "spec", None)
+    return spec is not None and spec.num_classes == 1
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -302,12 +326,13 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 @torch.no_grad()
-def _predict(subject: Subject, x: torch.Tensor) -> torch.Tensor:
-    """Class probabilities (K,) of one image."""
+def _forward(subject: Subject, x: torch.Tensor, layer_names: list[str] | None) -> tuple[torch.Tensor, Features]:
+    """One pass: the class probabilities (K,) of the image and the outputs of the chosen layers."""
     from cnnlab.train.metrics import probabilities
 
-    logits = logits_of(subject.model, x.to(model_device(subject.model))).float().cpu()
-    return probabilities(logits, subject.outputs_are_probs)[0]
+    with FeatureExtractor(subject.model, layer_names) as fx:
+        logits = logits_of(subject.model, x.to(model_device(subject.model))).float().cpu()
+    return probabilities(logits, subject.outputs_are_probs)[0], fx.features
 
 
 def _predictions(result: Explanation, shown: torch.Tensor, probs: torch.Tensor, topk: int, out: Path) -> None:
@@ -317,51 +342,38 @@ def _predictions(result: Explanation, shown: torch.Tensor, probs: torch.Tensor, 
     k = max(1, min(topk, len(classes)))
     values, idx = probs.topk(k)
     result.top = [(classes[i], float(p)) for p, i in zip(values.tolist(), idx.tolist())]
-    title = result.subject.name + ("" if result.subject.trained else ": predictions are meaningless")
+    title = result.subject.name + ("" if result.subject.trained else "\nthese predictions are meaningless")
     fig = plot_predictions(shown, probs.numpy(), list(classes), topk=k, title=title)
     result.add("predictions", _save(fig, out / "predictions.png"), f"top-{k} class probabilities")
 
 
-def _feature_maps(result: Explanation, x: torch.Tensor, layer_names: list[str] | None, channels: int,
-                  max_columns: int, out: Path) -> None:
+def _feature_maps(result: Explanation, features: Features, channels: int, max_columns: int, out: Path) -> None:
     from cnnlab.viz import plot_feature_maps
 
-    model = result.subject.model
-    with FeatureExtractor(model, layer_names) as fx:
-        with torch.no_grad():
-            model(x.to(model_device(model)))
-    groups = group_layers(fx.features, max_columns)
+    groups = group_layers(features, max_columns)
     if not groups:
         result.notes.append("none of the chosen layers outputs a spatial map: no feature-map figure")
         return
     for i, (label, names) in enumerate(groups, 1):
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", label.replace(" part ", "-").replace(" of ", "of"))
-        title = f"feature maps {i}/{len(groups)}: {label} (first {channels} channels)"
-        fig = plot_feature_maps(fx.features, layers=names, channels=channels, max_layers=len(names), title=title)
-        shapes = fx.features[names[-1]].shape
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", label.replace(" part ", "-").replace(" of ", "of")).strip("-")
+        title = f"feature maps {i}/{len(groups)}: {label} (up to {channels} channels per layer)"
+        fig = plot_feature_maps(features, layers=names, channels=channels, max_layers=len(names), title=title)
+        shapes = features[names[-1]].shape
         result.add(f"features-{i:02d}", _save(fig, out / f"features-{i:02d}-{slug}.png"),
-                   f"{label}: {len(names)} layers, {names[0]} ... {names[-1]} "
-                   f"(ends at {shapes[1]}x{shapes[2]}x{shapes[3]})")
+                   f"{len(names)} layers, {names[0]} ... {names[-1]}; last map {shapes[1]}x{shapes[2]}x{shapes[3]}")
 
 
 def _gradcam(result: Explanation, x: torch.Tensor, shown: torch.Tensor, probs: torch.Tensor,
-             target: int | str | None, topk: int, out: Path) -> None:
+             target: int | None, topk: int, out: Path) -> None:
     from cnnlab.inspect.gradcam import GradCAM
     from cnnlab.inspect.saliency import saliency
     from cnnlab.viz import plot_explanation
 
     subject = result.subject
     model = subject.model
-    cls = resolve_class(target, subject.classes)
-    if cls is None:
-        cls = int(probs.argmax())
-    single = model.spec.num_classes == 1 if getattr(model, "spec", None) else False
-    if single and cls != 1:
-        # One logit scores only the second class: its Grad-CAM shows evidence for that class.
-        if target is not None:
-            raise CnnlabError(f"this model has one logit, the score of {subject.classes[1]!r}: Grad-CAM can explain "
-                              f"only that class (--target {subject.classes[1]})")
-        cls = 1
+    single = _single_logit(model)
+    # One logit scores only the second class: its Grad-CAM shows the evidence for that class.
+    cls = 1 if single else int(probs.argmax()) if target is None else target
     index = 0 if single else cls
     cam = GradCAM(model)
     heat = cam(x, target=index)[0]
@@ -369,6 +381,6 @@ def _gradcam(result: Explanation, x: torch.Tensor, shown: torch.Tensor, probs: t
     result.target, result.cam_layer = subject.classes[cls], cam.layer_name
     fig = plot_explanation(shown, heat, sal, probs.numpy(), list(subject.classes), topk=topk,
                            target_name=subject.classes[cls], layer_name=cam.layer_name,
-                           title=f"why {subject.classes[cls]!r}? ({subject.name})")
+                           title=f"why {subject.classes[cls]}?  {subject.name}")
     result.add("gradcam", _save(fig, out / "gradcam.png"),
                f"Grad-CAM at {cam.layer_name} and saliency, for {subject.classes[cls]}")

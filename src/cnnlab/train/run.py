@@ -97,9 +97,12 @@ class Run:
         if self._model is None:
             kwargs = dict(self.spec.kwargs)
             kwargs.pop("weights", None)  # the checkpoint holds the weights: never download them again
-            model = get_model(self.spec.name, num_classes=self.spec.num_classes, input_size=self.spec.input_size,
-                              **kwargs)
-            model.load_state_dict(self.checkpoint["state_dict"])
+            # Built outside inference mode even when first asked for inside it (predict, evaluate): weights
+            # created there would be inference tensors, and Grad-CAM could never take gradients through them.
+            with torch.inference_mode(False):
+                model = get_model(self.spec.name, num_classes=self.spec.num_classes,
+                                  input_size=self.spec.input_size, **kwargs)
+                model.load_state_dict(self.checkpoint["state_dict"])
             model.spec = self.spec
             self._model = model
         return self._model.eval()

@@ -45,7 +45,7 @@ def plot_probe_filters(snapshots: Sequence[dict[str, Any]], max_filters: int = 8
         raise CnnlabError("the probe snapshots hold no conv filters (the model's first layer is not a Conv2d)")
     cols = min(max_filters, rows[0]["filters"].shape[0])
     w0 = rows[0]["filters"]
-    heading = title or (f"{rows[0]['filter_layer']}: filters {0}-{cols - 1} of {rows[0].get('filter_count', cols)} "
+    heading = title or (f"{rows[0]['filter_layer']}: filters 0-{cols - 1} of {rows[0].get('filter_count', cols)} "
                         f"({w0.shape[1]}x{w0.shape[2]}x{w0.shape[3]}) by epoch; each row on its own scale")
     with plot_style():
         fig = new_figure((cols * TILE + 0.9, len(rows) * TILE + 0.6))
@@ -56,7 +56,7 @@ def plot_probe_filters(snapshots: Sequence[dict[str, Any]], max_filters: int = 8
             for c in range(cols):
                 a = image_axes(axes[r, c])
                 tile, kw = _filter_tile(w[c], limit)
-                a.imshow(tile, **kw)
+                a.imshow(tile, interpolation="nearest", **kw)
                 if r == 0:
                     a.set_title(f"#{c}", fontsize=7)
             axes[r, 0].set_ylabel(f"epoch {snap['epoch']}", fontsize=8)
@@ -96,7 +96,8 @@ def plot_probe_maps(snapshots: Sequence[dict[str, Any]], layer: str | None = Non
                 axes[r, 0].set_axis_off()
             for j in range(cols):
                 a = image_axes(axes[r, j + 1])
-                a.imshow(maps[j].numpy(), cmap=CMAP_SIGNED, vmin=-limit, vmax=limit)
+                # Nearest: each stored value one crisp block (and a PNG a fraction of the smoothed one's size).
+                a.imshow(maps[j].numpy(), cmap=CMAP_SIGNED, vmin=-limit, vmax=limit, interpolation="nearest")
                 if r == 0:
                     a.set_title(f"ch {j}", fontsize=7)
             axes[r, 1].set_ylabel(f"epoch {snap['epoch']}", fontsize=8)
