@@ -55,7 +55,7 @@ def test_metadata_matches_torchvision_weights(arch: str) -> None:
     assert BACKBONES[arch].min_size == meta_weights.meta["min_size"][0]
     assert info.num_classes == len(meta_weights.meta["categories"]) == 1000
     with torch.device("meta"):  # what `cnnlab models` does: must work and match the weights' architecture
-        model = cnnlab.get_model(arch, **({"aux_logits": True} if arch == "inception_v3" else {}))
+        model = cnnlab.get_model(arch)  # Inception v3 with its auxiliary head, as torchvision's weights have it
     assert count_parameters(model) == meta_weights.meta["num_params"]
 
 
@@ -66,7 +66,8 @@ SMALL = {"inception_v3": 75, "vgg16": 32, "convnext_tiny": 32}
 def test_head_has_num_classes_and_embed_feeds_it(arch: str) -> None:
     torch.manual_seed(0)
     size = SMALL.get(arch, 32)
-    model = cnnlab.get_model(arch, num_classes=3, input_size=(size, size)).eval()
+    small = {"aux_logits": False} if arch == "inception_v3" else {}  # the auxiliary head needs 299x299
+    model = cnnlab.get_model(arch, num_classes=3, input_size=(size, size), **small).eval()
     head = model.get_submodule(model.head_name)
     assert isinstance(head, nn.Linear) and head.out_features == 3
     x = torch.randn(2, 3, size, size)
@@ -241,20 +242,36 @@ def test_frozen_backbone_is_unchanged_by_a_training_step() -> None:
     assert all(not p.requires_grad for p in backbone_parameters(model))
     assert all(p.requires_grad for p in head_parameters(model))
     assert count_parameters(model, trainable_only=True) == 512 * 3 + 3
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    before = {n: t.clone() for n, t in model.state_dict().items()}
     # All parameters go to the optimizer, with momentum and weight decay: frozen ones must still not move.
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
     model.train()
+    freeze_backbone(model)  # after .train(), which would put BatchNorm back in training mode
+    assert model.training and not model.bn1.training and not model.layer4[1].bn2.training
     loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0]))
     loss.backward()
     opt.step()
-    for name, p in model.named_parameters():
+    # Parameters and buffers: BatchNorm running statistics and counters do not move either.
+    for name, t in model.state_dict().items():
         if name.startswith("fc."):
-            assert not torch.equal(p, before[name]), name
+            assert not torch.equal(t, before[name]), name
         else:
-            assert torch.equal(p, before[name]), name
+            assert torch.equal(t, before[name]), name
     freeze_backbone(model, frozen=False)
     assert all(p.requires_grad for p in model.parameters())
+    assert all(m.training for m in model.modules())
+    freeze_backbone(model.eval(), frozen=False)  # unfreezing an eval-mode model leaves it in eval mode
+    assert not any(m.training for m in model.modules())
+
+
+def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
+    """BatchNorm running statistics equal to those of batch `x` (one train-mode pass, a cumulative average)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        model.train()(x)
 
 
 def test_inception_aux_logits_path_with_both_heads_replaced(tmp_path: Path) -> None:
@@ -264,7 +281,7 @@ def test_inception_aux_logits_path_with_both_heads_replaced(tmp_path: Path) -> N
     path = tmp_path / "inception_imagenet.pt"
     torch.save(state, path)
 
-    model = cnnlab.get_model("inception_v3", num_classes=3, aux_logits=True, weights=str(path)).train()
+    model = cnnlab.get_model("inception_v3", num_classes=3, weights=str(path)).train()  # aux head by default
     assert model.head_names == ("fc", "AuxLogits.fc")
     heads = ["AuxLogits.fc.bias", "AuxLogits.fc.weight", "fc.bias", "fc.weight"]
     assert sorted(model.weights_info["skipped"]) == heads
@@ -273,9 +290,10 @@ def test_inception_aux_logits_path_with_both_heads_replaced(tmp_path: Path) -> N
     assert model.fc.out_features == 3 and model.AuxLogits.fc.out_features == 3
 
     # Frozen backbone: backward stays in the heads (fast), and both heads must still get gradients.
+    x, y = torch.randn(2, 3, 299, 299), torch.tensor([0, 2])
+    calibrate_batchnorm(model, x)  # frozen BatchNorm uses running statistics: make them fit the marked weights
     freeze_backbone(model)
-    y = torch.tensor([0, 2])
-    out = model(torch.randn(2, 3, 299, 299))
+    out = model(x)
     logits, aux = main_and_aux(out)
     assert logits.shape == (2, 3) and aux is not None and aux.shape == (2, 3)
     ce = nn.functional.cross_entropy
@@ -290,8 +308,8 @@ def test_inception_aux_logits_path_with_both_heads_replaced(tmp_path: Path) -> N
         logits, aux = main_and_aux(model(torch.randn(1, 3, 299, 299)))
     assert logits.shape == (1, 3) and aux is None
 
-    # The same torchvision file fits the default model, built without the auxiliary head.
-    plain = cnnlab.get_model("inception_v3", num_classes=3, weights=str(path))
+    # The same torchvision file fits a model built without the auxiliary head.
+    plain = cnnlab.get_model("inception_v3", num_classes=3, weights=str(path), aux_logits=False)
     assert plain.AuxLogits is None and plain.head_names == ("fc",)
     assert torch.equal(plain.Conv2d_1a_3x3.conv.weight, state["Conv2d_1a_3x3.conv.weight"])
     assert any(k.startswith("AuxLogits.conv0") for k in plain.weights_info["skipped"])
@@ -301,9 +319,11 @@ def test_inputs_the_networks_cannot_take_are_clear_errors() -> None:
     with pytest.raises(CnnlabError, match="3-channel"):
         cnnlab.get_model("resnet18", in_chans=1)
     with pytest.raises(CnnlabError, match="at least 75x75"):
-        cnnlab.get_model("inception_v3", input_size=(64, 64))
-    with pytest.raises(CnnlabError, match="at least 299x299"):
-        cnnlab.get_model("inception_v3", input_size=(224, 224), aux_logits=True)
+        cnnlab.get_model("inception_v3", input_size=(64, 64), aux_logits=False)
+    with pytest.raises(CnnlabError, match="at least 299x299") as err:  # the default keeps the auxiliary head
+        cnnlab.get_model("inception_v3", input_size=(224, 224))
+    assert "aux_logits" in str(err.value) and "75x75" in str(err.value)
+    assert cnnlab.get_model("inception_v3", input_size=(224, 224), aux_logits=False).AuxLogits is None
 
 
 def test_main_and_aux_passes_a_plain_tensor_through() -> None:

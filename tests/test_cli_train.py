@@ -100,3 +100,16 @@ def test_ctrl_c_saves_and_prints_the_resume_command(tmp_path: Path) -> None:
     assert proc.wait(timeout=60) == 130
     assert f"resume with: cnnlab train --resume {run}" in out
     assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_sample_grid_of_an_rgb_folder(tmp_path: Path, capsys) -> None:
+    for cls, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (30 + i, 20), colour).save(tmp_path / "imgs" / cls / f"{i}.png")
+    png = tmp_path / "grid.png"
+    assert main(["datasets", "--show", f"folder:{tmp_path / 'imgs'}", "--out", str(png), "--per-class", "3"]) == 0
+    pixels = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3).astype(int)
+    reds = ((pixels[:, 0] > 180) & (pixels[:, 2] < 60)).sum()
+    blues = ((pixels[:, 2] > 180) & (pixels[:, 0] < 60)).sum()
+    assert reds > 1000 and blues > 1000  # both classes drawn in colour

@@ -21,11 +21,13 @@ def test_forward_backward_on_own_input_size(name: str) -> None:
     model.train()
     x = torch.randn(2, *info.input_size)
     out = model(x)
-    if isinstance(out, tuple):  # e.g. auxiliary logits in training mode
-        out = out[0]
-    assert out.shape == (2, info.num_classes)
-    assert torch.isfinite(out).all()
-    out.square().mean().backward()
+    # Several outputs (Inception v3's main and auxiliary logits in training mode): every one must be a logits
+    # batch, and the loss sums them all, so that each head's parameters must get a gradient below.
+    outs = tuple(out) if isinstance(out, tuple) else (out,)
+    for o in outs:
+        assert o.shape == (2, info.num_classes)
+        assert torch.isfinite(o).all()
+    sum(o.square().mean() for o in outs).backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{name}.{pname} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{name}.{pname} has a non-finite gradient"
@@ -126,3 +128,8 @@ def test_mnist_cnn_third_pool_takes_7_to_4() -> None:
     x = model.block2(model.block1(torch.zeros(1, 1, 28, 28)))
     assert x.shape[-2:] == (7, 7)
     assert model.block3(x).shape[-2:] == (4, 4)
+
+
+def test_too_small_input_is_a_clear_error() -> None:
+    with pytest.raises(CnnlabError, match="3x32x32 is too small for this model"):
+        cnnlab.get_model("small_convnet", input_size=(3, 32, 32))

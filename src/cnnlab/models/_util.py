@@ -5,11 +5,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnlab.errors import CnnlabError
+
 
 def flat_features(features: nn.Module, input_size: tuple[int, int, int]) -> int:
     """Number of values `features` outputs for one image: the flatten size, computed, never hard-coded."""
-    with torch.no_grad():
-        out = features(torch.zeros(1, *input_size))
+    try:
+        with torch.no_grad():
+            out = features(torch.zeros(1, *input_size))
+    except RuntimeError as exc:  # a kernel or pool larger than what is left of the image
+        c, h, w = input_size
+        raise CnnlabError(
+            f"an input of {c}x{h}x{w} is too small for this model: its feature map shrinks to nothing before "
+            f"the classifier ({str(exc).splitlines()[0]}). Use a larger --input-size (see `cnnlab summary MODEL`)."
+        ) from None
     return out[0].numel()
 
 

@@ -5,8 +5,9 @@ Every builder takes `weights`: None/'none' (random init, the default), 'DEFAULT'
 built for `num_classes`; a file's head is loaded only when its shape fits. Built models carry `head_name`,
 `head_names` (Inception v3 adds 'AuxLogits.fc') and `weights_info` (see `cnnlab.models.weights`).
 
-Inception v3 in training mode with `aux_logits=True` returns (logits, aux_logits); train it with
-`loss_with_aux(criterion, output, target)`, i.e. `criterion(logits, y) + 0.4 * criterion(aux, y)`.
+Inception v3 keeps torchvision's auxiliary classifier by default (`aux_logits=True`, which needs 299x299 inputs):
+in training mode it returns (logits, aux_logits); train it with `loss_with_aux(criterion, output, target)`, i.e.
+`criterion(logits, y) + 0.4 * criterion(aux, y)` (cnnlab.train does). In eval mode it returns the logits alone.
 
 Input size and normalization are those of the ImageNet weights (`weights.transforms()`: crop size, mean, std);
 they are written here rather than read from torchvision at import time because importing torchvision.models
@@ -62,7 +63,11 @@ def build_backbone(
         raise CnnlabError(f"{arch} takes 3-channel (RGB) images, got {c} channels; convert gray images to RGB")
     least = INCEPTION_AUX_MIN_SIZE if tv_kwargs.get("aux_logits") else BACKBONES[arch].min_size
     if min(h, w) < least:
-        raise CnnlabError(f"{arch} needs inputs of at least {least}x{least}, got {h}x{w}")
+        hint = ""
+        if tv_kwargs.get("aux_logits"):
+            hint = (f"; without its auxiliary head it takes down to {BACKBONES[arch].min_size}x"
+                    f"{BACKBONES[arch].min_size}: --model-kwargs '{{\"aux_logits\": false}}'")
+        raise CnnlabError(f"{arch} needs inputs of at least {least}x{least}, got {h}x{w}{hint}")
     model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **tv_kwargs)
     model.head_names = tuple(n for n in BACKBONES[arch].heads if _has_module(model, n))
     model.head_name = model.head_names[0]
@@ -127,18 +132,19 @@ def vgg16(num_classes: int, input_size: InputSize, weights: str | None = None) -
 @_entry(
     "inception_v3",
     size=299,
-    description="Inception v3 (torchvision): factorized convs, optional aux head; --weights DEFAULT",
+    description="Inception v3 (torchvision): factorized convs, auxiliary head; --weights DEFAULT",
     source="Szegedy et al. 2016, Rethinking the Inception Architecture for Computer Vision",
 )
 def inception_v3(
     num_classes: int,
     input_size: InputSize,
     weights: str | None = None,
-    aux_logits: bool = False,
+    aux_logits: bool = True,
     transform_input: bool = True,
 ) -> nn.Module:
     """Inception v3; heads `fc` and, with `aux_logits`, `AuxLogits.fc` (train mode then returns both logits)."""
-    # aux_logits is off by default: it needs 299x299 inputs and a loss on both outputs (loss_with_aux).
+    # aux_logits is on by default, as in torchvision and the paper: the auxiliary classifier regularizes training
+    # (its loss weighs 0.4, see loss_with_aux). It needs 299x299 inputs; aux_logits=False allows down to 75x75.
     # transform_input rescales ImageNet-normalized input to the [-1, 1] range Google's weights were trained on;
     # on for random init too, so a checkpoint rebuilds to the same function whatever `weights` it started from.
     return build_backbone(
@@ -186,7 +192,11 @@ def head_names(model: nn.Module) -> tuple[str, ...]:
     """Qualified names of the model's classification heads (main first)."""
     names = getattr(model, "head_names", None)
     if not names:
-        raise CnnlabError("this model has no recorded head; build a torchvision backbone with cnnlab.get_model")
+        spec = getattr(model, "spec", None)
+        raise CnnlabError(
+            f"{spec.name if spec else 'this model'} has no replaceable head: --freeze-backbone, --unfreeze-after "
+            f"and --feature-extraction work with the torchvision backbones ({', '.join(BACKBONES)})"
+        )
     return tuple(names)
 
 
@@ -202,16 +212,24 @@ def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def freeze_backbone(model: nn.Module, frozen: bool = True) -> nn.Module:
-    """Turn gradients off (or back on) for everything but the head(s); heads always stay trainable.
+    """Freeze (or unfreeze) everything but the head(s): parameters and BatchNorm statistics; heads stay trainable.
 
-    Only parameters freeze: BatchNorm running statistics still update in train mode (call `.eval()` on those
-    layers if they must stay fixed too). Optimizers skip parameters whose `.grad` is None, so a frozen layer keeps
-    its values even when passed to the optimizer, weight decay included.
+    Frozen means unchanged by training, buffers included: the backbone's BatchNorm layers are put in eval mode, so
+    they normalize with their stored running statistics and stop updating them (torchvision's and Keras' practice
+    for feature extraction: a small dataset's batch statistics would otherwise drift away from the ones the
+    pretrained weights were trained with). `model.train()` switches them back to training mode, so call this
+    after it (cnnlab.train does, every epoch). Unfreezing puts them back in the model's own mode.
+    Optimizers skip parameters whose `.grad` is None, so a frozen layer keeps its values even when passed to the
+    optimizer, weight decay included.
     """
     for p in backbone_parameters(model):
         p.requires_grad_(not frozen)
     for p in head_parameters(model):
         p.requires_grad_(True)
+    in_head = tuple(n + "." for n in head_names(model))
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not (name + ".").startswith(in_head):
+            m.train(model.training and not frozen)
     return model
 
 

@@ -76,9 +76,13 @@ class TrainConfig:
     eval_batch_size: int = opt(1000, "images per step when evaluating")
     num_workers: int = opt(2, "decoding processes for folders too large to keep in memory")
     # ---- transfer learning
-    freeze_backbone: bool = opt(False, "train only the new head of a pretrained backbone")
-    unfreeze_after: int = opt(0, "unfreeze the backbone after this many epochs (0: never)")
+    freeze_backbone: bool = opt(False, "train only the new head of a pretrained backbone (its BatchNorm "
+                                       "statistics stay fixed too)")
+    unfreeze_after: int = opt(0, "train only the head for this many epochs, then fine-tune the whole network "
+                                 "(implies --freeze-backbone; 0: never unfreeze)")
     backbone_lr_scale: float = opt(0.1, "the backbone's learning rate as a fraction of --lr once unfrozen")
+    feature_extraction: bool = opt(False, "embed the images once with the frozen backbone (cached on disk, no "
+                                          "augmentation), then fit only a linear head on them, in seconds")
     # ---- several processes
     nproc: int = opt(1, "train with this many processes on this machine (launches torchrun)")
     sync_bn: bool = opt(False, "synchronize BatchNorm statistics across processes")
@@ -172,6 +176,11 @@ def validate(cfg: TrainConfig) -> None:
         raise CnnlabError(f"--lr must be positive, got {cfg.lr}")
     if cfg.target_acc is not None and cfg.target_acc > 1:
         cfg.target_acc = cfg.target_acc / 100.0  # 99 means 99%
+    if cfg.feature_extraction and cfg.unfreeze_after:
+        raise CnnlabError("--feature-extraction fits the head on fixed embeddings, so nothing can be unfrozen; "
+                          "drop --unfreeze-after, or fine-tune with --freeze-backbone --unfreeze-after N instead")
+    if cfg.feature_extraction and cfg.nproc > 1:
+        raise CnnlabError("--feature-extraction runs in one process (fitting the head takes seconds); drop --nproc")
     for name in ("optimizer", "schedule", "amp", "device"):
         choices = FIELDS[name].metadata["choices"]
         if getattr(cfg, name) not in choices:

@@ -19,11 +19,11 @@ from tqdm import tqdm
 from cnnlab._io import atomic_write_json
 from cnnlab.errors import CnnlabError
 from cnnlab.train import metrics
-from cnnlab.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cnnlab.train.checkpoint import load_checkpoint, resume_position, rng_state, save_checkpoint, set_rng_state
 from cnnlab.train.config import TrainConfig, resolve
-from cnnlab.train.distributed import shutdown
+from cnnlab.train.distributed import shutdown, weights_digest
 from cnnlab.train.schedule import lr_at
-from cnnlab.train.setup import Setup, build, environment
+from cnnlab.train.setup import Setup, backbone_frozen, build, environment
 
 AUX_WEIGHT = 0.4  # Inception v3's auxiliary classifier, weighted as in its paper
 
@@ -100,15 +100,19 @@ def autocast(s: Setup):
 
 
 class StopFlag:
-    """Ctrl-C sets a flag the loop checks between steps, so a checkpoint never holds a half-done step."""
+    """Ctrl-C (or SIGTERM, which torchrun and schedulers send) sets a flag the loop checks between steps, so a
+    checkpoint never holds a half-done step."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+        self.requested = False  # set by a signal to this process
+        self.agreed = False  # requested in any process, as of the last check: what the loop acts on
+        self._previous: dict = {}
 
     def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -117,8 +121,8 @@ class StopFlag:
         self.requested = True
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 # ---------------------------------------------------------------- one epoch, one evaluation
@@ -129,6 +133,7 @@ def train_one_epoch(s: Setup, state: TrainState, stop: StopFlag, out: "Printer",
     """Train until the epoch ends (True) or a stop is requested or the time runs out (False)."""
     cfg, model, opt = s.cfg, s.model, s.optimizer
     model.train()
+    _freeze_for_epoch(s, state, out)
     meter = state.meter
     s.train_loader.set_epoch(state.epoch)
     check_every = 1 if s.device.type == "cpu" else 25  # a NaN check syncs with the GPU: not every step there
@@ -166,13 +171,29 @@ def train_one_epoch(s: Setup, state: TrainState, stop: StopFlag, out: "Printer",
         bar.update(meter)
         if on_step is not None:
             on_step(s, state)
-        if stop.requested or (cfg.max_time and state.elapsed >= cfg.max_time):
+        # Act on flags every rank agrees on: a rank that stopped alone would leave the others waiting in DDP.
+        stop.agreed, time_up = s.env.any([stop.requested, cfg.max_time and state.elapsed >= cfg.max_time], s.device)
+        if stop.agreed or time_up:
             finished = s.train_loader.position >= len(s.train_loader)  # the last batch: the epoch is complete
             break
     if pending:
         _check_finite(pending, s, state)
     bar.close()
     return finished
+
+
+def _freeze_for_epoch(s: Setup, state: TrainState, out: "Printer") -> None:
+    """Freeze the backbone (weights and BatchNorm statistics) while the config says so; after model.train()."""
+    cfg = s.cfg
+    if not backbone_frozen(cfg, 0):
+        return
+    from cnnlab.models.backbones import freeze_backbone
+
+    # Decided from the epoch, not toggled once, so a run resumed after --unfreeze-after is unfrozen too.
+    frozen = backbone_frozen(cfg, state.epoch)
+    freeze_backbone(s.net, frozen)
+    if not frozen and state.epoch == cfg.unfreeze_after and s.train_loader.resume_batch == 0:
+        out.note(f"epoch {state.epoch + 1}: backbone unfrozen (learning rate x{cfg.backbone_lr_scale:g})")
 
 
 def _check_finite(pending: list[tuple[int, torch.Tensor]], s: Setup, state: TrainState) -> None:
@@ -231,6 +252,9 @@ def checkpoint_state(s: Setup, state: TrainState) -> dict[str, Any]:
         "loader": s.train_loader.state_dict() if state.meter else {"epoch": state.epoch, "batch": 0},
         "meter": vars(state.meter) if state.meter else None,
         "rng": rng_state(),
+        # What a resume with another number of processes needs to map the step and the loader position.
+        "distributed": {"world_size": s.env.world_size, "global_batch": s.cfg.batch_size * s.env.world_size,
+                        "steps_per_epoch": s.steps_per_epoch},
         "history": state.history,
         "best": {"val_acc": state.best_acc, "epoch": state.best_epoch, "bad_epochs": state.bad_epochs},
         "elapsed_s": state.elapsed,
@@ -256,12 +280,16 @@ def restore(s: Setup, ckpt: dict[str, Any]) -> TrainState:
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scaler.load_state_dict(ckpt["scaler"])
     best = ckpt["best"]
+    # Another world size: the same epoch and fraction of the schedule, in this run's steps (see resume_position).
+    step, loader = resume_position(ckpt, s.steps_per_epoch, s.cfg.batch_size * s.env.world_size)
+    meter = EpochMeter(**ckpt["meter"]) if ckpt.get("meter") else None
+    if meter is not None and not s.env.is_main:  # the saved sums are the whole job's: rank 0 carries them
+        meter = EpochMeter(seconds=meter.seconds)
     state = TrainState(
-        epoch=ckpt["epoch"], step=ckpt["step"], history=list(ckpt["history"]), best_acc=best["val_acc"],
-        best_epoch=best["epoch"], bad_epochs=best["bad_epochs"], elapsed=ckpt["elapsed_s"],
-        meter=EpochMeter(**ckpt["meter"]) if ckpt.get("meter") else None,
+        epoch=ckpt["epoch"], step=step, history=list(ckpt["history"]), best_acc=best["val_acc"],
+        best_epoch=best["epoch"], bad_epochs=best["bad_epochs"], elapsed=ckpt["elapsed_s"], meter=meter,
     )
-    s.train_loader.load_state_dict(ckpt["loader"])
+    s.train_loader.load_state_dict(loader)
     set_rng_state(ckpt["rng"])
     return state
 
@@ -276,6 +304,10 @@ def train(config: TrainConfig | None = None, on_step: Callable | None = None, **
         return resume(resume_from, on_step=on_step, **{k: v for k, v in settings.items() if k != "resume"})
     cfg = resolve(settings, base=config)
     s = build(cfg)
+    if cfg.feature_extraction:
+        from cnnlab.train.features import fit_features
+
+        return fit_features(s)
     return fit(s, TrainState(), on_step=on_step)
 
 
@@ -293,6 +325,9 @@ def resume(run: str | Path, on_step: Callable | None = None, **overrides: Any):
                           f"(changeable: {', '.join(sorted(allowed))})")
     saved = dict(ckpt["config"])
     saved["resume"] = None
+    if saved.get("feature_extraction"):
+        raise CnnlabError("a --feature-extraction run is not resumed: run its command again; the embeddings "
+                          "come from the cache, so it takes seconds")
     cfg = resolve({**saved, "recipe": None, **overrides})
     run_dir = path.parent.parent
     s = build(cfg, run_dir=run_dir)
@@ -311,6 +346,8 @@ def fit(s: Setup, state: TrainState, on_step: Callable | None = None, resumed: b
         atomic_write_json({"config": cfg.to_dict(), "resolved": resolved(s), "environment": environment()},
                           s.run_dir / "config.json")
     out.start(resumed, state)
+    if s.cfg.probe_every and s.env.is_main and not resumed:
+        _probe(s, state)  # epoch 0: the random filters, so the report's strip starts before any learning
     tb = _tensorboard(s)
     try:
         with StopFlag() as stop:
@@ -318,10 +355,10 @@ def fit(s: Setup, state: TrainState, on_step: Callable | None = None, resumed: b
                 if state.meter is None:
                     state.meter = EpochMeter()
                 finished = train_one_epoch(s, state, stop, out, on_step)
-                if stop.requested and not finished:
+                if stop.agreed and not finished:
                     return _interrupted(s, state, out)
                 row = end_of_epoch(s, state, finished, out, tb)
-                if stop.requested:  # Ctrl-C on an epoch's last step: that epoch is complete and saved
+                if s.env.any([stop.requested], s.device)[0]:  # Ctrl-C on an epoch's last step: it is saved
                     return _interrupted(s, state, out)
                 if _should_stop(s, state, row, finished, out):
                     break
@@ -336,7 +373,7 @@ def fit(s: Setup, state: TrainState, on_step: Callable | None = None, resumed: b
     state.status = "completed"
     results = finish(s, state, out)
     shutdown(s.env)
-    return Run(s.run_dir, model=s.net, results=results)
+    return Run(s.run_dir, model=s.net, results=results, status=state.status)  # other ranks have no results
 
 
 def end_of_epoch(s: Setup, state: TrainState, finished: bool, out: "Printer", tb) -> dict:
@@ -360,7 +397,7 @@ def end_of_epoch(s: Setup, state: TrainState, finished: bool, out: "Printer", tb
     state.meter = None
     state.history.append(row)
     score = row["val_acc"] if row["val_acc"] is not None else row["train_acc"]
-    (score,) = s.env.broadcast([score], s.device)
+    score, state.elapsed = s.env.broadcast([score, state.elapsed], s.device)  # rank 0's: same decisions everywhere
     improved = score > state.best_acc
     if improved:
         state.best_acc, state.best_epoch, state.bad_epochs = score, state.epoch, 0
@@ -393,24 +430,29 @@ def _should_stop(s: Setup, state: TrainState, row: dict, finished: bool, out: "P
     if cfg.patience and state.bad_epochs >= cfg.patience:
         out.note(f"stopping early: no better validation accuracy for {cfg.patience} epochs")
         return True
-    if cfg.unfreeze_after and state.epoch == cfg.unfreeze_after:
-        from cnnlab.models.backbones import freeze_backbone
-
-        freeze_backbone(s.net, False)
-        out.note(f"epoch {state.epoch}: backbone unfrozen (learning rate x{cfg.backbone_lr_scale:g})")
     return False
 
 
-def finish(s: Setup, state: TrainState, out: "Printer") -> dict | None:
-    """Test the best weights, write results.json and curves.png, print where everything is."""
+def finish(s: Setup, state: TrainState, out: "Printer", test_fn: Callable[[], dict] | None = None,
+           extra: dict | None = None) -> dict | None:
+    """Test the best weights, write results.json and curves.png, print where everything is.
+
+    `test_fn` replaces the test pass (feature extraction reads the cached test embeddings); `extra` adds to
+    results.json.
+    """
+    # DDP keeps every rank's weights equal; a fingerprint of each rank's final weights shows it did.
+    digests = s.env.all_gather_object(weights_digest(s.net.state_dict())) if s.env.enabled else None
     if not s.env.is_main:
         return None
+    if digests and len(set(digests)) > 1:
+        out.note(f"warning: the processes finished with different weights ({len(set(digests))} versions); "
+                 f"rank 0's are saved")
     best_path = s.run_dir / "checkpoints" / "best.pt"
     last = checkpoint_state(s, state)
     save_checkpoint(last, s.run_dir / "checkpoints" / "last.pt")
     if best_path.exists():
         s.net.load_state_dict(load_checkpoint(best_path, s.device)["state_dict"])
-    test = evaluate(s, s.test_loader, collect=True)
+    test = test_fn() if test_fn is not None else evaluate(s, s.test_loader, collect=True)
     outputs_are_probs = bool(s.net.spec.kwargs.get("final_softmax"))
     rep = metrics.report(test["logits"], test["targets"], test["loss"], s.classes, outputs_are_probs)
     results = {
@@ -420,6 +462,8 @@ def finish(s: Setup, state: TrainState, out: "Printer") -> dict | None:
         "epochs_run": state.epoch,
         "train_seconds": round(state.elapsed, 2),
         "status": state.status,
+        **({"weights_sha1_by_rank": digests} if digests else {}),
+        **(extra or {}),
     }
     atomic_write_json(results, s.run_dir / "results.json")
     _curves(s, state)
@@ -444,6 +488,7 @@ def resolved(s: Setup) -> dict[str, Any]:
         "world_size": s.env.world_size,
         "parameters": sum(p.numel() for p in s.net.parameters()),
         "steps_per_epoch": s.steps_per_epoch,
+        "weights": getattr(s.net, "weights_info", None),  # where a torchvision backbone's weights came from
     }
 
 
@@ -451,6 +496,10 @@ def _interrupted(s: Setup, state: TrainState, out: "Printer"):
     from cnnlab.train.run import Run
 
     state.status = "interrupted"
+    if state.meter is not None:  # mid-epoch: the checkpoint keeps the whole job's sums, for any world size
+        m = state.meter
+        m.loss_sum, m.correct, seen = s.env.all_reduce_sum([m.loss_sum, m.correct, m.seen], s.device)
+        m.seen = int(seen)
     if s.env.is_main:
         save(s, state, "last")
     out.interrupted(state)
@@ -483,6 +532,7 @@ def _tensorboard(s: Setup):
 
 
 def _probe(s: Setup, state: TrainState) -> None:
+    """Every --probe-every epochs, snapshot filters and feature maps (main process only: no collective op)."""
     if s.cfg.probe_every and state.epoch % s.cfg.probe_every == 0:
         from cnnlab.inspect.probes import record_probe
 
@@ -510,7 +560,7 @@ class Printer:
         print(f"{verb} {s.cfg.model} ({r['parameters']:,} parameters) on {s.dataset_name}: "
               f"{r['train_images']:,} train / {r['val_images']:,} val / {r['test_images']:,} test images, "
               f"input {'x'.join(map(str, r['input_size']))}, augment {r['augment']}, {s.device}"
-              + (f" x {s.env.world_size} processes" if s.env.enabled else ""))
+              + (f" x {s.env.world_size} processes, {_threads(s)}" if s.env.enabled else ""))
         print(f"run folder: {s.run_dir}")
 
     def bar(self, total: int, epoch: int, epochs: int, initial: int = 0) -> "_Bar":
@@ -551,6 +601,12 @@ class Printer:
             print(f"run: {run}\n  curves:  {run / 'curves.png'}\n  results: {run / 'results.json'}\n"
                   f"  model:   {run / 'checkpoints' / 'best.pt'}\n"
                   f"next: cnnlab eval {run}  |  cnnlab predict {run} IMAGE  |  cnnlab report {run}")
+
+
+def _threads(s: Setup) -> str:
+    n = torch.get_num_threads()
+    why = "--threads" if s.cfg.threads else "this machine's cores / its processes; --threads to change"
+    return f"{n} CPU thread{'s' if n != 1 else ''} each ({why})"
 
 
 class _Bar:

@@ -22,7 +22,7 @@ from cnnlab.data.augment import Augment
 from cnnlab.errors import CnnlabError
 from cnnlab.models import get_model, get_model_info, parse_input_size
 from cnnlab.train.config import TrainConfig
-from cnnlab.train.distributed import DistEnv, init_distributed
+from cnnlab.train.distributed import DistEnv, check_sync_bn, init_distributed, threads_per_process
 
 
 @dataclass
@@ -133,6 +133,13 @@ def normalization(cfg: TrainConfig, data_info, input_size) -> tuple[tuple, tuple
     return tuple(data_info.mean), tuple(data_info.std)
 
 
+def backbone_frozen(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether the backbone is frozen during `epoch` (0-based): --freeze-backbone, or before --unfreeze-after."""
+    if cfg.unfreeze_after:
+        return epoch < cfg.unfreeze_after
+    return cfg.freeze_backbone or cfg.feature_extraction
+
+
 def build_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
     """Param groups: no weight decay on biases and norm layers; a backbone/head split for transfer learning."""
     head = set()
@@ -191,6 +198,23 @@ def prepare_run_dir(cfg: TrainConfig, needed_bytes: int) -> Path:
     return path
 
 
+def shared_run_dir(cfg: TrainConfig, env: DistEnv, needed_bytes: int) -> Path:
+    """Rank 0 creates the run folder (its default name has a timestamp) and tells the other ranks its path."""
+    path, error = None, None
+    if env.is_main:
+        try:
+            path = prepare_run_dir(cfg, needed_bytes)
+        except CnnlabError as exc:
+            error = exc
+    # Every rank gets the path or rank 0's error, so none waits forever for a folder that will not come.
+    path, message = env.broadcast_object((str(path) if path else None, str(error) if error else None))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise CnnlabError(f"rank 0 could not prepare the run folder: {message}")
+    return Path(path)
+
+
 def environment() -> dict[str, Any]:
     """Versions and machine, for config.json."""
     import torchvision
@@ -213,21 +237,24 @@ def environment() -> dict[str, Any]:
 
 def build(cfg: TrainConfig, run_dir: Path | None = None) -> Setup:
     """Wire up a run: seed, device, datasets and loaders, model, optimizer, run folder."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     if cfg.amp == "fp16" and device.type != "cuda":
         raise CnnlabError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 (or off)")
     env = init_distributed(device.type)
     if env.enabled and device.type == "cuda":
         device = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(device)
+    if cfg.sync_bn and env.enabled:
+        check_sync_bn(device)
+    threads = threads_per_process(cfg.threads, env)  # N processes on a machine share its cores
+    if threads:
+        torch.set_num_threads(threads)
     seed_everything(cfg.seed, cfg.deterministic)
 
     info = get_model_info(cfg.model)
     # Folder datasets are decoded at the model's input size; built-in ones ignore this.
     image_size = parse_input_size(cfg.input_size)[-2:] if cfg.input_size else info.input_size[1:]
-    train_data, val_data, test_data = load_splits(cfg, tuple(image_size))
+    with env.local_main_first():  # one process per machine downloads and fills the decode cache
+        train_data, val_data, test_data = load_splits(cfg, tuple(image_size))
     data_info = train_data.info
     input_size = model_input_size(cfg, data_info.channels)
     classes = data_info.classes
@@ -236,10 +263,15 @@ def build(cfg: TrainConfig, run_dir: Path | None = None) -> Setup:
     if cfg.weights is not None:
         kwargs["weights"] = cfg.weights
     net = get_model(cfg.model, num_classes=n_out, input_size=input_size, **kwargs)
-    if cfg.freeze_backbone:
+    if backbone_frozen(cfg, epoch=0):
         from cnnlab.models.backbones import freeze_backbone
 
+        # Before DDP wraps the model: it registers the trainable parameters once, at construction.
         freeze_backbone(net, True)
+        if cfg.unfreeze_after and env.enabled:
+            raise CnnlabError("--unfreeze-after needs one process: DDP registers the trainable parameters once, so "
+                              "an unfrozen backbone would not be synchronized; drop --nproc, or keep the backbone "
+                              "frozen with --freeze-backbone alone")
     if cfg.sync_bn and env.enabled:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net = net.to(device)
@@ -264,7 +296,7 @@ def build(cfg: TrainConfig, run_dir: Path | None = None) -> Setup:
     param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     if run_dir is None:
         # last.pt and best.pt, each with weights and up to two optimizer moments, plus a temp copy while writing.
-        run_dir = prepare_run_dir(cfg, needed_bytes=param_bytes * 3 * 3 + (16 << 20)) if env.is_main else Path(".")
+        run_dir = shared_run_dir(cfg, env, needed_bytes=param_bytes * 3 * 3 + (16 << 20))
     return Setup(
         cfg=cfg,
         env=env,

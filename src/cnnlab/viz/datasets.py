@@ -23,7 +23,8 @@ def plot_class_samples(data, per_class: int = 8, max_classes: int = 20, seed: in
                 spine.set_visible(False)
             if col < len(idx):
                 img = _image(data, int(idx[col])).numpy()
-                ax.imshow(img.squeeze(-1), cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=255)
+                gray = img.shape[-1] == 1
+                ax.imshow(img[..., 0] if gray else img, cmap="gray" if gray else None, vmin=0, vmax=255)
         axes[row][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle(f"{data.info.name} ({data.split}): {len(data)} images", fontsize=10)
     fig.subplots_adjust(left=0.16, right=0.99, bottom=0.01, top=0.95, wspace=0.05, hspace=0.05)
