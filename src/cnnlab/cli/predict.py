@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "each image is converted exactly as in training. A folder expands to its images. Unreadable files "
         "are reported and the others still predicted (the exit code is then 1).",
     )
-    p.add_argument("run", help="run folder (runs/...), checkpoint file, or exported .onnx model")
+    p.add_argument("run", help="run folder (runs/...), checkpoint file, or exported model (.onnx or TorchScript)")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--topk", type=int, default=3, help="classes to show per image (default: 3)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -40,6 +40,7 @@ def expand(paths: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from cnnlab.data.images import BadImageError
+    from cnnlab.export import load_predictor
 
     predictor = load_predictor(args.run)
     files = expand(args.images)
@@ -61,14 +62,3 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0
-
-
-def load_predictor(path: str):
-    """A run (folder or checkpoint), or an exported ONNX model, behind the same .predict(image, topk)."""
-    if path.endswith(".onnx"):
-        from cnnlab.export.onnx_predictor import OnnxPredictor
-
-        return OnnxPredictor(path)
-    from cnnlab.train.run import load_run
-
-    return load_run(path)

@@ -18,7 +18,49 @@ from cnnlab.train import metrics
 from cnnlab.train.checkpoint import find_checkpoint, load_checkpoint
 
 
-class Run:
+class Predictor:
+    """Prediction on any image source, for anything with `.pipeline`, `.logits(x)`, `.classes`, `.outputs_are_probs`.
+
+    `Run` (a checkpoint) and the exported-model predictors (ONNX, TorchScript) share it, so every backend
+    converts and ranks images in exactly the same way.
+    """
+
+    pipeline: Pipeline
+    classes: tuple[str, ...]
+    outputs_are_probs: bool
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_proba(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """Class probabilities (N, K) for one image or a list (paths, PIL images, arrays, tensors)."""
+        batch = self.prepare(images)
+        return metrics.probabilities(self.logits(batch), self.outputs_are_probs)
+
+    def prepare(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """Images as the model sees them: a normalized (N, C, H, W) batch."""
+        if isinstance(images, torch.Tensor) and images.dim() == 4:
+            items: list = list(images)
+        elif isinstance(images, (list, tuple)):
+            items = list(images)
+        else:
+            items = [images]
+        if not items:
+            raise CnnlabError("no images to predict")
+        return torch.cat([self.pipeline.load(item) for item in items])
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], topk: int = 3):
+        """Top-k (class name, probability) pairs: a list for one image, a list of lists for several."""
+        probs = self.predict_proba(images)
+        k = min(topk, probs.shape[1])
+        top = probs.topk(k, dim=1)
+        out = [[(self.classes[i], float(p)) for p, i in zip(ps.tolist(), idx.tolist())]
+               for ps, idx in zip(top.values, top.indices)]
+        single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.dim() == 4)
+        return out[0] if single else out
+
+
+class Run(Predictor):
     """A run folder: `config.json`, `metrics.jsonl`, `results.json`, `curves.png`, `checkpoints/{last,best}.pt`."""
 
     def __init__(self, path: str | Path, model: nn.Module | None = None, results: dict | None = None,
@@ -92,6 +134,10 @@ class Run:
         return bool(self.spec.kwargs.get("final_softmax"))
 
     @property
+    def single_logit(self) -> bool:
+        return bool(self.checkpoint.get("single_logit"))
+
+    @property
     def model(self) -> nn.Module:
         """The trained model (best weights), in eval mode."""
         if self._model is None:
@@ -116,33 +162,6 @@ class Run:
         model = self.model
         device = next(model.parameters()).device
         return split_outputs(model(x.to(device)))[0].float().cpu()
-
-    def predict_proba(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
-        """Class probabilities (N, K) for one image or a list (paths, PIL images, arrays, tensors)."""
-        batch = self.prepare(images)
-        return metrics.probabilities(self.logits(batch), self.outputs_are_probs)
-
-    def prepare(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
-        """Images as the model sees them: a normalized (N, C, H, W) batch."""
-        if isinstance(images, torch.Tensor) and images.dim() == 4:
-            items: list = list(images)
-        elif isinstance(images, (list, tuple)):
-            items = list(images)
-        else:
-            items = [images]
-        if not items:
-            raise CnnlabError("no images to predict")
-        return torch.cat([self.pipeline.load(item) for item in items])
-
-    def predict(self, images: ImageLike | Sequence[ImageLike], topk: int = 3):
-        """Top-k (class name, probability) pairs: a list for one image, a list of lists for several."""
-        probs = self.predict_proba(images)
-        k = min(topk, probs.shape[1])
-        top = probs.topk(k, dim=1)
-        out = [[(self.classes[i], float(p)) for p, i in zip(ps.tolist(), idx.tolist())]
-               for ps, idx in zip(top.values, top.indices)]
-        single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.dim() == 4)
-        return out[0] if single else out
 
 
 def load_run(path: str | Path, checkpoint: str = "best") -> Run:
