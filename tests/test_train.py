@@ -263,3 +263,15 @@ def test_schedules_are_pure_functions_of_the_step(schedule: str) -> None:
         assert values[35] == pytest.approx(0.05) and values[65] == pytest.approx(0.025)
     if schedule == "onecycle":
         assert values.index(max(values)) == 25 and values[-1] < 0.005
+
+
+def test_resume_rewrites_metrics_from_the_checkpoint(tmp_path: Path) -> None:
+    """A crash between a metrics row and its checkpoint must not leave a duplicate (or torn) row behind."""
+    cnnlab.train(model="lenet", epochs=1, subset=300, out=str(tmp_path / "r"), **QUIET)
+    metrics_file = tmp_path / "r" / "metrics.jsonl"
+    first_row = metrics_file.read_text()
+    # As if epoch 2 had been logged (and a third row torn) before the process died without its checkpoint.
+    metrics_file.write_text(first_row + first_row.replace('"epoch": 1', '"epoch": 2') + '{"epoch": 3, "tra')
+    run = cnnlab.train(resume=str(tmp_path / "r"), epochs=2, quiet=True)
+    assert [r["epoch"] for r in run.history] == [1, 2]
+    assert [json.loads(line)["epoch"] for line in metrics_file.read_text().splitlines()] == [1, 2]

@@ -116,13 +116,18 @@ class BatchLoader:
         for b, (images, targets) in enumerate(source, start=start):
             x = self.pipeline.convert(images).float().div_(255.0)
             if self.augment is not None:
-                x = self.augment(x, torch.Generator().manual_seed(_seed(self.seed, self.epoch, b, 1)))
+                x = self.augment(x, torch.Generator().manual_seed(self._augment_seed(b)))
             x = self.pipeline.normalize(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             self.position = b + 1
             yield x, targets
         self.position = 0
+
+    def _augment_seed(self, batch: int) -> int:
+        """The seed of a batch's augmentation: other ranks draw their own (rank 0 keeps the one-process stream)."""
+        rank = (self.rank,) if self.rank else ()
+        return _seed(self.seed, self.epoch, batch, 1, *rank)
 
     def _memory(self, batches: list[torch.Tensor], start: int):
         for idx in batches[start:]:

@@ -75,3 +75,22 @@ def find_checkpoint(run: str | Path, which: str = "best") -> Path:
         if (folder / f"{name}.pt").is_file():
             return folder / f"{name}.pt"
     raise CnnlabError(f"{run} holds no checkpoint (looked for {', '.join(str(folder / f'{n}.pt') for n in order)})")
+
+
+def resume_position(ckpt: dict[str, Any], steps_per_epoch: int, global_batch: int) -> tuple[int, dict[str, int]]:
+    """(optimizer step, loader state) that continue `ckpt` in a run with these steps per epoch and global batch.
+
+    With the world size (and so the global batch) of the run that saved it: the saved values, exactly. With
+    another: the same epoch; within a half-done epoch, the batch holding the first image not yet seen (ranks take
+    interleaved shares of one permutation, so b steps have seen its first b x global-batch images; at most one
+    global batch is seen twice); and the step scaled to this run's steps per epoch, so the learning-rate schedule
+    continues at the same fraction of training.
+    """
+    loader = {"epoch": int(ckpt["loader"]["epoch"]), "batch": int(ckpt["loader"]["batch"])}
+    saved = ckpt.get("distributed") or {}
+    saved_batch = int(saved.get("global_batch", global_batch))
+    saved_steps = int(saved.get("steps_per_epoch", steps_per_epoch))
+    if saved_batch == global_batch and saved_steps == steps_per_epoch:
+        return int(ckpt["step"]), loader
+    loader["batch"] = min(loader["batch"] * saved_batch // global_batch, steps_per_epoch)
+    return round(int(ckpt["step"]) * steps_per_epoch / max(saved_steps, 1)), loader

@@ -1,15 +1,29 @@
 """Several processes (torchrun): which rank this is, and the few collective operations training needs.
 
 With one process every helper here is a no-op, so the training loop reads the same either way.
+torchrun describes the job in the environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT);
+`init_distributed` joins it with gloo on the CPU or NCCL on CUDA GPUs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+
+from cnnlab.errors import CnnlabError
+
+# A collective that waits longer than this fails instead of hanging: it bounds how long the other ranks wait
+# for one that died or stalls (torchrun notices a dead local rank at once; this covers the other machines).
+# It must exceed the longest stretch one rank works alone: validation, checkpoints and the test on rank 0.
+DEFAULT_TIMEOUT_S = 600.0
+TIMEOUT_ENV = "CNNLAB_DIST_TIMEOUT"
 
 
 @dataclass
@@ -19,6 +33,7 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1
 
     @property
     def enabled(self) -> bool:
@@ -36,6 +51,14 @@ class DistEnv:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.tolist()
 
+    def any(self, flags: list[bool], device: torch.device) -> list[bool]:
+        """Each flag: set on at least one rank (so every rank stops at the same step)."""
+        if not self.enabled:
+            return [bool(f) for f in flags]
+        t = torch.tensor([float(bool(f)) for f in flags], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [v > 0 for v in t.tolist()]
+
     def broadcast(self, values: list[float], device: torch.device) -> list[float]:
         """Rank 0's numbers, on every rank (so all ranks take the same decisions)."""
         if not self.enabled:
@@ -44,22 +67,108 @@ class DistEnv:
         dist.broadcast(t, src=0)
         return t.tolist()
 
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's (picklable) object, on every rank: the run folder's path, or the error that prevented it."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's (picklable) object, in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.enabled:
-            dist.barrier()
+            # NCCL wants to know the GPU; gloo takes no device.
+            dist.barrier(device_ids=[self.local_rank] if dist.get_backend() == "nccl" else None)
+
+    @contextlib.contextmanager
+    def local_main_first(self) -> Iterator[None]:
+        """Run the block on each machine's first process, then on the others (one download, one decode cache)."""
+        if self.enabled and self.local_rank != 0:
+            self.barrier()
+        yield
+        if self.enabled and self.local_rank == 0:
+            self.barrier()
+
+
+def timeout_seconds() -> float:
+    """The collective timeout: $CNNLAB_DIST_TIMEOUT seconds, else DEFAULT_TIMEOUT_S."""
+    value = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(value) if value else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise CnnlabError(f"{TIMEOUT_ENV}={value!r}: expected a number of seconds") from None
+    if seconds <= 0:
+        raise CnnlabError(f"{TIMEOUT_ENV} must be positive, got {value}")
+    return seconds
 
 
 def init_distributed(device_type: str) -> DistEnv:
-    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    """Join the process group torchrun describes in the environment; one process: a no-op DistEnv."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistEnv()
-    env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")),
+                  int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+    if device_type == "cuda":
+        if env.local_rank >= torch.cuda.device_count():
+            raise CnnlabError(f"{env.local_world_size} processes on this machine but only "
+                              f"{torch.cuda.device_count()} CUDA GPUs; start one process per GPU "
+                              f"(--nproc-per-node {torch.cuda.device_count()}) or train on the CPU (--device cpu)")
+        torch.cuda.set_device(env.local_rank)
+    elif device_type != "cpu":
+        raise CnnlabError(f"several processes train on CPUs (gloo) or CUDA GPUs (NCCL), not on {device_type}; "
+                          f"use --device cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_seconds()))
     return env
 
 
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads_per_process(requested: int, env: DistEnv) -> int:
+    """--threads when given; with several processes on a machine, its cores shared out; else 0 (torch's default)."""
+    if requested:
+        return requested
+    if env.enabled:
+        return max(1, cpu_cores() // env.local_world_size)
+    return 0
+
+
+def check_sync_bn(device: torch.device) -> None:
+    """torch's SyncBatchNorm synchronizes CUDA tensors only: refuse --sync-bn elsewhere before training starts."""
+    if device.type != "cuda":
+        raise CnnlabError(
+            f"--sync-bn needs CUDA GPUs: torch {torch.__version__}'s SyncBatchNorm cannot synchronize {device.type} "
+            f"tensors. On the CPU train without --sync-bn (each process normalizes with its own batch's statistics)"
+        )
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-1 of a state_dict (names, dtypes, shapes and bytes): ranks with equal digests hold equal weights."""
+    h = hashlib.sha1()
+    for name, t in state_dict.items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def shutdown(env: DistEnv) -> None:
+    """Leave the process group (each rank on its own: no collective)."""
     if env.enabled and dist.is_initialized():
         dist.destroy_process_group()

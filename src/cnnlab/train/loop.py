@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cnnlab._io import atomic_write_json
+from cnnlab._io import atomic_write_json, atomic_write_text
 from cnnlab.errors import CnnlabError
 from cnnlab.train import metrics
 from cnnlab.train.checkpoint import load_checkpoint, resume_position, rng_state, save_checkpoint, set_rng_state
@@ -345,6 +345,8 @@ def fit(s: Setup, state: TrainState, on_step: Callable | None = None, resumed: b
     if s.env.is_main:
         atomic_write_json({"config": cfg.to_dict(), "resolved": resolved(s), "environment": environment()},
                           s.run_dir / "config.json")
+        if resumed:  # the checkpoint's history is the truth: drop rows of epochs the checkpoint does not hold
+            atomic_write_text("".join(json.dumps(row) + "\n" for row in state.history), s.run_dir / "metrics.jsonl")
     out.start(resumed, state)
     if s.cfg.probe_every and s.env.is_main and not resumed:
         _probe(s, state)  # epoch 0: the random filters, so the report's strip starts before any learning

@@ -90,7 +90,13 @@ class Run(Predictor):
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return list(self.checkpoint.get("history", []))
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a crash mid-append; the checkpoint has the history
+                continue
+        return rows
 
     @property
     def results(self) -> dict | None:
