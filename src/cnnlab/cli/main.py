@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 
@@ -18,9 +19,13 @@ COMMAND_MODULES = [
     "recipes",
     "eval",
     "predict",
+    "export",
+    "explain",
+    "report",
     "kernels",
     "conv_size",
     "learn_kernel",
+    "serve",
 ]
 
 
@@ -41,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv`, run the command, and turn known errors into one clear line and an exit code."""
+    if argv is None:  # the `cnnlab` process itself (callers inside a longer-lived process pass argv)
+        # Everything imported so far lives until exit: freezing it spares each later collection, and the one
+        # at exit, a walk over ~400,000 objects (about 1 s of CPU per `cnnlab train`).
+        gc.freeze()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

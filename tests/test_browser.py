@@ -1,0 +1,231 @@
+"""The web page in a real browser: Playwright driving Debian's Chromium, headless, against a real uvicorn server.
+
+Chromium is required, never skipped: `apt-get install chromium` (CI does this in .ci/run).
+Screenshots of each step go to test-artifacts/browser/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from PIL import Image
+
+from cnnlab.serve import create_app
+from cnnlab.serve.server import BackgroundServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
+TIMEOUT_MS = 30_000  # a loaded 2-core machine: waits are generous, and end as soon as the element is there
+
+
+@pytest.fixture(scope="module")
+def server(digits_run: Path) -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(digits_run)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert CHROMIUM.exists(), f"no Chromium at {CHROMIUM}: install it with `apt-get install chromium`"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page_errors() -> list[str]:
+    """JavaScript errors and failed loads of the test's page; a test expecting one removes it."""
+    return []
+
+
+@pytest.fixture
+def page(browser, server: BackgroundServer, page_errors: list[str], request):
+    """A fresh page on the app, ready; fails the test on any JavaScript error or failed request."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    errors = page_errors
+    pg.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    pg.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+    pg.on("requestfailed", lambda req: errors.append(f"request failed: {req.url}"))
+    pg.goto(server.url + "/", wait_until="networkidle")
+    pg.wait_for_selector("body[data-ready=true]")
+    yield pg
+    pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-end.png"), full_page=True)
+    context.close()
+    assert not errors, errors
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def digit_file(tmp_path: Path, index: int) -> tuple[Path, int]:
+    """A test-split digit, scaled from 8x8 to 112x112 like a photo of one, and its label."""
+    from cnnlab.data.registry import get_dataset
+
+    data = get_dataset("digits", "test")
+    path = tmp_path / f"digit-{index}.png"
+    Image.fromarray(data.images[index][0].numpy()).resize((112, 112), Image.Resampling.NEAREST).save(path)
+    return path, int(data.targets[index])
+
+
+BARS_JS = "() => JSON.stringify([...document.querySelectorAll('#bars li')].map(li => li.dataset.probability))"
+
+
+def bars(page) -> list[tuple[str, float]]:
+    return [(li.get_attribute("data-class"), float(li.get_attribute("data-probability")))
+            for li in page.locator("#bars li").all()]
+
+
+def test_upload_a_digit_and_see_its_class_on_top(page, tmp_path: Path) -> None:
+    assert "lenet" in page.inner_text("#model-line")
+    assert page.is_visible("#canvas")  # a 1x28x28 model: drawing is offered
+    for index in (0, 1, 2):
+        path, label = digit_file(tmp_path, index)
+        page.set_input_files("#file", str(path))
+        page.wait_for_selector(f"#top-line[data-source='{path.name}']")
+        shot(page, f"upload-digit-{index}")
+        top = bars(page)
+        assert top[0][0] == str(label), (index, top)
+        assert page.get_attribute("#top-line", "data-class") == str(label)
+        assert len(top) == 10 and abs(sum(p for _, p in top) - 1) < 1e-3
+    seen = page.locator("#seen")
+    assert seen.get_attribute("src").startswith("data:image/png;base64,")
+    assert seen.evaluate("img => img.naturalWidth") == 224  # 28 pixels, each an 8x8 block
+
+
+def test_draw_on_the_canvas_and_the_bars_change(page) -> None:
+    box = page.locator("#canvas").bounding_box()
+    x0, y0 = box["x"], box["y"]
+    # A "7": a bar across the top, then a stroke down to the lower left.
+    page.mouse.move(x0 + 70, y0 + 60)
+    page.mouse.down()
+    for x in range(70, 211, 10):
+        page.mouse.move(x0 + x, y0 + 60)
+    for step in range(1, 16):
+        page.mouse.move(x0 + 210 - step * 6, y0 + 60 + step * 12)
+    page.mouse.up()
+    page.wait_for_selector("#top-line[data-source=drawing]")
+    first, first_text = bars(page), page.evaluate(BARS_JS)
+    shot(page, "draw-seven")
+    assert len(first) == 10
+    # A second stroke changes the drawing; live predictions follow it.
+    page.mouse.move(x0 + 60, y0 + 150)
+    page.mouse.down()
+    for x in range(60, 231, 10):
+        page.mouse.move(x0 + x, y0 + 150)
+    page.mouse.up()
+    page.wait_for_function(f"b => ({BARS_JS})() !== b", arg=first_text)
+    second = bars(page)
+    shot(page, "draw-seven-crossed")
+    assert second != first
+    seen = page.get_attribute("#seen", "src")
+    page.click("#clear")
+    assert page.inner_text("#top-line") == "No image yet." and page.locator("#bars li").count() == 0
+    assert seen.startswith("data:image/png;base64,")
+
+
+def test_feature_maps_layer_picker_and_gradcam(page, tmp_path: Path) -> None:
+    path, _ = digit_file(tmp_path, 3)
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector(f"#top-line[data-source='{path.name}']")
+    page.click("#inside-details summary")
+    page.wait_for_selector("#fmaps[data-layer=conv1] img")
+    assert page.locator("#fmaps img").count() == 6  # conv1 has 6 channels
+    options = page.locator("#layer option").evaluate_all("os => os.map(o => o.value)")
+    assert options == ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2"]
+    page.select_option("#layer", "conv2")
+    page.wait_for_selector("#fmaps[data-layer=conv2]")
+    assert page.locator("#fmaps img").count() == 16
+    assert page.locator("#fmaps img").first.evaluate("img => img.naturalWidth") == 10  # conv2 maps are 10x10
+    assert "conv2: 16 maps of 10x10" in page.inner_text("#fmap-caption")
+    page.wait_for_selector("#gradcam:not([hidden])")
+    assert "Grad-CAM at pool2" in page.inner_text("#gradcam-caption")
+    shot(page, "feature-maps-conv2")
+
+
+def test_edit_a_kernel_and_the_output_changes(page, page_errors: list[str]) -> None:
+    page.wait_for_selector("#conv-out[src^='data:image/png']")
+    page.locator("#playground").scroll_into_view_if_needed()
+    assert page.input_value("#preset") == "sobel_x"
+    before = page.get_attribute("#conv-out", "src")
+    assert "output: 169 x 254" in page.inner_text("#conv-size")
+    shot(page, "kernel-before")
+    page.fill("#k-1-1", "4")  # the centre weight of Sobel-x: now an edge detector on top of the picture
+    page.wait_for_function("s => document.getElementById('conv-out').src !== s", arg=before)
+    assert page.input_value("#preset") == ""  # an edited kernel is a custom one
+    shot(page, "kernel-edited")
+    page.fill("#stride", "2")
+    page.dispatch_event("#stride", "change")
+    page.wait_for_function("() => document.getElementById('conv-size').textContent.includes('output: 85 x 127')")
+    # Click an output pixel: its multiply-and-sum appears.
+    img = page.locator("#conv-out")
+    size = img.bounding_box()
+    img.click(position={"x": size["width"] / 2, "y": size["height"] / 2})
+    page.wait_for_selector("#pixel-out pre")
+    text = page.inner_text("#pixel-out pre")
+    assert text.startswith(f"out[{page.input_value('#pix-i')}, {page.input_value('#pix-j')}] = sum(Xpad[")
+    assert "*4" in text  # the edited centre weight is in the sum
+    assert page.is_visible("#win-box")
+    shot(page, "kernel-pixel-sum")
+    page.fill("#k-0-0", "")  # an empty weight: the server's 422 message is shown, the page keeps working
+    page.wait_for_function("() => document.getElementById('conv-status').textContent.includes('422')")
+    assert "kernel[1][1]" in page.inner_text("#conv-status")
+    assert page.get_attribute("#k-0-0", "aria-invalid") == "true"
+    assert len(page_errors) == 1 and "422" in page_errors[0]  # the browser logs the refused request
+    page_errors.clear()
+
+
+def test_a_model_without_28x28_gray_input_hides_the_canvas(browser, server: BackgroundServer) -> None:
+    pg = browser.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+
+    def rgb_model(route) -> None:
+        info = json.loads(route.fetch().text())
+        route.fulfill(json={**info, "input_size": [3, 32, 32], "dataset": "cifar10"})
+
+    pg.route("**/api/model", rgb_model)
+    pg.goto(server.url + "/")
+    pg.wait_for_selector("body[data-ready=true]")
+    assert not pg.is_visible("#canvas") and pg.is_visible("#drop")
+    assert "input 3x32x32" in pg.inner_text("#model-line")
+    pg.close()
+
+
+def test_keyboard_reaches_every_control(page) -> None:
+    """Upload, layer picker, kernel cells and buttons are native controls with labels, in tab order."""
+    for selector in ("#file", "#layer", "#preset", "#ksize", "#k-0-0", "#stride", "#padding", "#mode", "#photo",
+                     "#pix-i", "#pix-j", "#pix-go", "#clear"):
+        node = page.locator(selector)
+        label = node.evaluate("n => n.labels && n.labels.length ? n.labels[0].textContent : "
+                              "(n.getAttribute('aria-label') || n.textContent)")
+        assert label.strip(), f"{selector} has no label"
+        assert node.evaluate("n => n.tabIndex") >= 0, f"{selector} is not reachable with Tab"
+    page.focus("#k-1-1")
+    before = page.get_attribute("#conv-out", "src")
+    page.keyboard.press("ArrowUp")  # a number input steps by keyboard: the output follows
+    page.wait_for_function("s => document.getElementById('conv-out').src !== s", arg=before)
+
+
+def test_api_docs_render_offline(browser, server: BackgroundServer) -> None:
+    """Swagger UI at /docs comes from the package, not a CDN: it renders with the network closed."""
+    context = browser.new_context()
+    pg = context.new_page()
+    outside: list[str] = []
+    pg.on("request", lambda req: outside.append(req.url) if not req.url.startswith(server.url) else None)
+    pg.goto(server.url + "/docs", wait_until="networkidle")
+    pg.wait_for_selector("#swagger-ui .information-container", timeout=TIMEOUT_MS)
+    assert "cnnlab" in pg.inner_text("#swagger-ui .information-container")
+    assert pg.locator("#swagger-ui .opblock").count() >= 5  # one block per endpoint
+    pg.screenshot(path=str(ARTIFACTS / "api-docs.png"))
+    context.close()
+    assert not outside, outside
