@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.inspect._layers import first_tensor
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _POOL = (nn.MaxPool2d, nn.AvgPool2d)
@@ -155,19 +156,6 @@ def _macs(module: nn.Module, out: torch.Tensor) -> int:
     return 0
 
 
-def _first_tensor(x: Any) -> torch.Tensor | None:
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, (tuple, list)):
-        for item in x:
-            t = _first_tensor(item)
-            if t is not None:
-                return t
-    if isinstance(x, dict):
-        return _first_tensor(list(x.values()))
-    return getattr(x, "logits", None) if not isinstance(x, (str, bytes)) else None
-
-
 def summary(
     model: nn.Module,
     input_size: Sequence[int] | None = None,
@@ -190,7 +178,7 @@ def summary(
 
     def pre_hook(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            t = _first_tensor(args)
+            t = first_tensor(args)
             stack.append((name, module, tuple(t.shape[1:]) if t is not None else None))
 
         return hook
@@ -198,7 +186,7 @@ def summary(
     def post_hook(name: str):
         def hook(module: nn.Module, args: tuple, out: Any) -> None:
             _, _, in_shape = stack.pop()
-            t = _first_tensor(out)
+            t = first_tensor(out)
             first = id(module) not in seen
             seen.add(id(module))
             params = sum(p.numel() for p in module.parameters()) if first else 0
