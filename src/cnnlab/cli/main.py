@@ -12,20 +12,23 @@ from cnnlab.errors import CnnlabError
 
 # One module per command, in the order `cnnlab --help` lists them.
 COMMAND_MODULES = [
+    # build and train
     "models",
-    "summary",
     "datasets",
-    "train",
     "recipes",
+    "train",
     "eval",
     "predict",
-    "export",
+    # look inside and ship
+    "summary",
     "explain",
     "report",
+    "export",
+    "serve",
+    # learn the math
     "kernels",
     "conv_size",
     "learn_kernel",
-    "serve",
 ]
 
 
