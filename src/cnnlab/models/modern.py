@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cnnlab.models._registry import InputSize, register_model
+from cnnlab.models._util import flat_features
 
 
 class ConvBNReLU(nn.Module):
@@ -82,32 +83,38 @@ class ConvPoolBNReLU(nn.Module):
 
 
 class FastNet(nn.Module):
-    """Conv blocks (conv1, conv2, ...) that shrink the image early -> global max pool -> linear.
+    """Conv blocks (conv1, conv2, ...) that shrink the image early -> global max pool (or flatten) -> linear.
 
     Built for a CPU: the default downsamples with a stride-2 first conv instead of a max-pool over the
     full-size maps (that pool, its backward pass and the zeroed gradient it needs cost a quarter of a step),
     keeps every map small enough to stay in cache, and costs 0.68M mult-adds per 28x28 image:
     28 -(5x5 conv, stride 2)-> 12 -(3x3 conv)-> 10 -(max-pool)-> 5 -(3x3 conv)-> 3 -(global max)-> 1.
+    `head="flatten"` keeps where things are in the last map (textures and shapes, as in Fashion-MNIST).
     """
 
     def __init__(self, num_classes: int, input_size: InputSize, widths: tuple[int, ...] = (16, 32, 64),
                  kernels: tuple[int, ...] = (5, 3, 3), strides: tuple[int, ...] = (2, 1, 1),
-                 pools: tuple[bool, ...] = (False, True, False), padding: str = "valid"):
+                 pools: tuple[bool, ...] = (False, True, False), padding: str | tuple[str, ...] = "valid",
+                 head: str = "max"):
         super().__init__()
-        if not len(widths) == len(kernels) == len(strides) == len(pools):
-            raise ValueError(f"widths, kernels, strides and pools need one entry per block, got {widths}, "
-                             f"{kernels}, {strides}, {pools}")
-        if padding not in ("valid", "same"):
-            raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
-        cin = input_size[0]
-        for i, (cout, k, stride, pool) in enumerate(zip(widths, kernels, strides, pools), start=1):
-            pad = k // 2 if padding == "same" else 0
-            self.add_module(f"conv{i}", ConvPoolBNReLU(cin, cout, k, stride, pad, bool(pool)))
+        paddings = (padding,) * len(widths) if isinstance(padding, str) else tuple(padding)
+        if not len(widths) == len(kernels) == len(strides) == len(pools) == len(paddings):
+            raise ValueError(f"widths, kernels, strides, pools (and padding, when a list) need one entry per block, "
+                             f"got {widths}, {kernels}, {strides}, {pools}, {padding}")
+        if set(paddings) - {"valid", "same"}:
+            raise ValueError(f"padding must be 'valid' or 'same' (or one of them per block), got {padding!r}")
+        if head not in ("max", "flatten"):
+            raise ValueError(f"head must be 'max' or 'flatten', got {head!r}")
+        blocks, cin = [], input_size[0]
+        for i, (cout, k, stride, pool, mode) in enumerate(zip(widths, kernels, strides, pools, paddings), start=1):
+            pad = k // 2 if mode == "same" else 0
+            blocks.append(ConvPoolBNReLU(cin, cout, k, stride, pad, bool(pool)))
+            self.add_module(f"conv{i}", blocks[-1])
             cin = cout
-        self.blocks = len(widths)
-        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.blocks = len(blocks)
+        self.pool = nn.AdaptiveMaxPool2d(1) if head == "max" else nn.Identity()
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = nn.Linear(flat_features(nn.Sequential(*blocks, self.pool), input_size), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(1, self.blocks + 1):
