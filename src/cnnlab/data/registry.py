@@ -214,11 +214,11 @@ def get_dataset(
     if not holdout:
         if split == "val":
             raise CnnlabError(f"{name}: there is no validation split when val_size=0")
-        keep = torch.arange(n_train)
-    else:
-        keep, held = stratified_split(arrays.train_targets, holdout, seed=split_seed)
-        if split == "val":
-            return ImageData(arrays.train_images[held], arrays.train_targets[held], info, "val", held)
+        # All of the training split: the cached tensors themselves, not an identical copy (47 MB for MNIST).
+        return ImageData(arrays.train_images, arrays.train_targets, info, "train", torch.arange(n_train))
+    keep, held = stratified_split(arrays.train_targets, holdout, seed=split_seed)
+    if split == "val":
+        return ImageData(arrays.train_images[held], arrays.train_targets[held], info, "val", held)
     return ImageData(arrays.train_images[keep], arrays.train_targets[keep], info, "train", keep)
 
 
