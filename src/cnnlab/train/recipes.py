@@ -71,26 +71,27 @@ register_recipe(Recipe(
     "seed-mlp",
     "a widely used tutorial's MLP exactly: [0,1] pixels, SGD lr 0.01 without momentum, batch 64, 10 epochs, "
     "cross-entropy on a model that already ends in Softmax (the tutorial's mistake, kept on purpose)",
-    "about 83% (tutorial: 83.01%); without the extra Softmax the same setup reaches about 97%",
+    "82.97% (seed 0, 11 s on 2 cores; tutorial: 83.01%); without the extra Softmax the same setup reaches 92.99%",
     _TUTORIAL | {"model": "mlp", "model_kwargs": {"final_softmax": True}},
 ))
 register_recipe(Recipe(
     "seed-lenet",
     "the same tutorial's LeNet: max pooling after the first conv, average pooling after the second, the same "
     "double-softmax mistake; the loss sits on a plateau near 2.30 for 5-6 epochs, then drops when the seed allows",
-    "74-90% depending on the seed (tutorial: 89.61%, the lucky end); without the extra Softmax about 98.5%",
+    "66-82% depending on the seed (seeds 0-3: 82.06, 66.08, 74.40, 81.65%; tutorial: 89.61%, the lucky end); "
+    "without the extra Softmax 96.79%",
     _TUTORIAL | {"model": "lenet", "model_kwargs": {"pool1": "max", "pool2": "avg", "final_softmax": True}},
 ))
 register_recipe(Recipe(
     "seed-mlp-fixed",
     "seed-mlp with the mistake fixed: the model outputs logits, so cross-entropy sees them once",
-    "about 97%",
+    "92.99% (seed 0); plain SGD without momentum at lr 0.01 is still slow: 10 epochs are not enough to converge",
     _TUTORIAL | {"model": "mlp"},
 ))
 register_recipe(Recipe(
     "seed-lenet-fixed",
     "seed-lenet with the mistake fixed: logits into cross-entropy; no plateau",
-    "about 98.5%",
+    "96.79% (seed 0); the loss falls from the first epoch",
     _TUTORIAL | {"model": "lenet", "model_kwargs": {"pool1": "max", "pool2": "avg"}},
 ))
 register_recipe(Recipe(
@@ -105,7 +106,7 @@ register_recipe(Recipe(
 register_recipe(Recipe(
     "mnist",
     "a good all-round MNIST run: mnist_cnn, AdamW, one-cycle, shifts of 2 pixels, 8 epochs",
-    "about 99.4% test accuracy",
+    "99.59% test accuracy (seed 0) in 5 minutes on 2 CPU cores",
     {"model": "mnist_cnn", "dataset": "mnist", "optimizer": "adamw", "lr": 2e-3, "batch_size": 128,
      "epochs": 8, "augment": "translate=2", "label_smoothing": 0.05},
 ))
