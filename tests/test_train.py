@@ -217,7 +217,6 @@ def test_single_logit_two_class_training(tmp_path: Path) -> None:
     assert top[0][0] == "light" and abs(top[0][1] + top[1][1] - 1) < 1e-6
 
 
-
 def test_the_tutorials_double_softmax_stalls_training_and_the_fixed_recipe_does_not(data_dir: Path,
                                                                                     tmp_path: Path) -> None:
     """seed-* keep a tutorial's mistake (Softmax, then cross-entropy's log-softmax): the loss stays near ln 10."""
