@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from cnnlab.data import Augment, BatchLoader, Pipeline, get_dataset, get_dataset_info, parse_augment
+from cnnlab.data.augment import affine_grid, random_translate
 from cnnlab.data.cache import source_key
 from cnnlab.data.sources import DatasetNotFoundError, read_idx
 from cnnlab.data.split import stratified_split
@@ -319,6 +320,27 @@ def test_augmentations_move_content_but_keep_it() -> None:
     cut = Augment(cutout=6)(torch.ones(8, 3, 28, 28), g)
     assert ((cut == 0).sum(dim=(1, 2, 3)) > 0).all()
 
+
+
+def test_translate_is_an_exact_whole_pixel_shift_with_black_fill() -> None:
+    """The same shift computed twice: by padding and slicing each image, and by the batched augmentation."""
+    x = torch.rand(32, 3, 20, 24)
+    pad = 4
+    got = random_translate(x, pad, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # the same draws, in the same order
+    dy = torch.randint(0, 2 * pad + 1, (32,), generator=g) - pad
+    dx = torch.randint(0, 2 * pad + 1, (32,), generator=g) - pad
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    for i in range(32):  # output pixel (r, c) is input pixel (r + dy, c + dx), black outside
+        top, left = pad + int(dy[i]), pad + int(dx[i])
+        assert torch.equal(got[i], padded[i, :, top:top + 20, left:left + 24]), i
+
+
+def test_affine_grid_matches_torch() -> None:
+    for n, h, w in [(256, 28, 28), (3, 32, 20), (2, 150, 150)]:
+        theta = torch.randn(n, 2, 3)
+        want = torch.nn.functional.affine_grid(theta, [n, 1, h, w], align_corners=False)
+        assert torch.allclose(affine_grid(theta, h, w), want, atol=1e-5)
 
 def test_flip_is_refused_for_digits() -> None:
     with pytest.raises(CnnlabError, match="flip would change the labels"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -56,15 +57,17 @@ def _rand(n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
 
 
 def random_translate(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
-    """Shift each image by its own random (dy, dx) in [-pad, pad], filling with black."""
+    """Shift each image by its own random whole-pixel (dy, dx) in [-pad, pad], filling with black."""
     n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    return padded[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()  # gather gives (N, H, W, C)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device) - pad
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device) - pad
+    # Output pixel (i, j) reads input pixel (i + dy, j + dx): nearest sampling exactly at pixel centres is a
+    # copy, done in one pass (3x faster on a CPU than padding the batch and gathering from it).
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2] = dx.to(x.dtype) * (2.0 / w)
+    theta[:, 1, 2] = dy.to(x.dtype) * (2.0 / h)
+    return F.grid_sample(x, affine_grid(theta, h, w), mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -91,8 +94,28 @@ def random_affine(x: torch.Tensor, g: torch.Generator, degrees: float, scale: fl
     theta = torch.stack(
         [torch.stack([cos * sx, -sin * sy, tx], 1), torch.stack([sin * sx, cos * sy, ty], 1)], 1
     ).to(x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = affine_grid(theta, x.shape[2], x.shape[3])
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """`F.affine_grid(theta, (N, C, h, w), align_corners=False)` as one matrix product (the same grid to 1e-6).
+
+    Why not torch's: on a CPU it took 1-2 ms of a 256-image batch, more than the sampling itself; one
+    (2N x 3) @ (3 x hw) product against a cached grid of pixel centres takes ~0.13 ms.
+    """
+    n = len(theta)
+    xy = (theta.reshape(n * 2, 3) @ _pixel_centres(h, w, theta.dtype, theta.device)).view(n, 2, h, w)
+    return torch.stack((xy[:, 0], xy[:, 1]), dim=-1)
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_centres(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(3, h*w): each pixel centre as (x, y, 1) in grid_sample's [-1, 1] coordinates (align_corners=False)."""
+    xs = (torch.arange(w, dtype=torch.float64) * 2 + 1) / w - 1
+    ys = (torch.arange(h, dtype=torch.float64) * 2 + 1) / h - 1
+    grid = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, dtype=torch.float64)])
+    return grid.reshape(3, h * w).to(dtype=dtype, device=device)
 
 
 def color_jitter(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
