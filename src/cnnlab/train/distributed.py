@@ -168,14 +168,13 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def shutdown(env: DistEnv, together: bool = True) -> None:
-    """Leave the process group; `together`: first wait until every rank is done with it.
+def shutdown(env: DistEnv) -> None:
+    """Leave the process group once every rank is done with it.
 
     Why wait: a rank that tears its connections down and exits while rank 0 still finishes (the test evaluation,
     results.json) can abort in gloo's teardown ("terminate called without an active exception", SIGABRT), which
-    fails the whole job after a complete run. Only pass together=False where the other ranks may never arrive.
+    fails the whole job after a complete run. Both callers are reached by every rank together.
     """
     if env.enabled and dist.is_initialized():
-        if together:
-            env.barrier()
+        env.barrier()
         dist.destroy_process_group()
