@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+import torchvision.transforms.v2.functional as TF
 
 from cnnlab.data import Augment, BatchLoader, Pipeline, get_dataset, get_dataset_info, parse_augment
 from cnnlab.data.augment import affine_grid, random_translate
@@ -334,6 +335,22 @@ def test_translate_is_an_exact_whole_pixel_shift_with_black_fill() -> None:
     for i in range(32):  # output pixel (r, c) is input pixel (r + dy, c + dx), black outside
         top, left = pad + int(dy[i]), pad + int(dx[i])
         assert torch.equal(got[i], padded[i, :, top:top + 20, left:left + 24]), i
+
+
+def test_rotation_zoom_and_shift_match_torchvision_affine() -> None:
+    """One resampling of the batch equals torchvision's affine() of each image with the same draws."""
+    n, h, w = 24, 28, 28
+    x = torch.rand(n, 1, h, w)
+    got = Augment(degrees=10, scale=0.1, translate=3)(x, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the same draws, in the same order: angle, zoom, dy, dx
+    angle = (torch.rand(n, generator=g) * 2 - 1) * 10
+    zoom = 1 + (torch.rand(n, generator=g) * 2 - 1) * 0.1
+    dy = torch.randint(0, 7, (n,), generator=g) - 3
+    dx = torch.randint(0, 7, (n,), generator=g) - 3
+    for i in range(n):  # the grid's angle and shift point the other way from torchvision's arguments
+        want = TF.affine(x[i], angle=-float(angle[i]), translate=[-int(dx[i]), -int(dy[i])], scale=float(zoom[i]),
+                         shear=[0.0, 0.0], interpolation=TF.InterpolationMode.BILINEAR)
+        assert torch.allclose(got[i], want, atol=1e-5), i
 
 
 def test_affine_grid_matches_torch() -> None:
