@@ -146,6 +146,20 @@ def test_conv_size_through_the_installed_entry_point() -> None:
     assert done.stdout.rstrip().endswith("= 28")
 
 
+def test_the_command_exits_with_mains_code_all_output_and_exit_handlers_run(capsys) -> None:
+    """`entry()` leaves with os._exit: the exit code, buffered output and atexit handlers must survive that."""
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    script = ("import atexit, sys; atexit.register(lambda: print('exit handler ran')); "
+              "sys.argv = ['cnnlab'] + sys.argv[1:]; from cnnlab.cli.main import entry; entry()")
+    done = subprocess.run([sys.executable, "-c", script, "models"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == listing + "exit handler ran\n"  # a pipe: block-buffered, flushed before leaving
+    failed = subprocess.run([sys.executable, "-m", "cnnlab", "conv-size", "3", "-k", "5"],
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and failed.stderr.startswith("error:"), failed.stderr
+
+
 def _max_error(text: str) -> float:
     return float(re.search(r"max \|learned - true\| = (\S+)", text).group(1))
 

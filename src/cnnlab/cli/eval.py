@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mistakes", type=int, default=24, help="images in the mistakes gallery (default: 24)")
     p.add_argument("--normalized", action="store_true", help="confusion matrix PNG as row fractions")
     p.add_argument("--batch-size", type=int, default=1000, help="images per step")
+    p.add_argument("--tta", choices=["none", "flip"],
+                   help="test-time augmentation: flip averages each image with its mirror (default: as the run "
+                        "was tested)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=run)
 
@@ -36,18 +39,20 @@ def run(args: argparse.Namespace) -> int:
 
     r = load_run(args.run)
     result = evaluate_run(r, dataset=args.dataset, split=args.split, data_dir=args.data_dir,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, tta=args.tta)
     rep = result.report
     out = Path(args.out) if args.out else r.path / f"eval-{args.split}"
     paths = result.save_figures(out, mistakes=args.mistakes, normalized=args.normalized)
-    summary = rep.to_dict(args.split) | {"dataset": result.dataset, "split": args.split,
+    summary = rep.to_dict(args.split) | {"dataset": result.dataset, "split": args.split, "tta": result.tta,
                                          "figures": {k: str(v) for k, v in paths.items()}}
     atomic_write_json(summary, out / "metrics.json")
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     top = "  ".join(f"top-{k} {v:.2%}" for k, v in rep.topk.items() if k > 1)
-    print(f"{result.dataset} {args.split}: {result.n:,} images  accuracy {rep.accuracy:.2%}  loss {rep.loss:.4f}  {top}")
+    tta = f" (with {result.tta} TTA)" if result.tta != "none" else ""
+    print(f"{result.dataset} {args.split}: {result.n:,} images  accuracy {rep.accuracy:.2%}{tta}  loss {rep.loss:.4f}  "
+          f"{top}")
     print()
     rows = [[c["class"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"]]
             for c in rep.per_class()]

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run folder (runs/...), checkpoint file, or exported model (.onnx or TorchScript)")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--topk", type=int, default=3, help="classes to show per image (default: 3)")
+    p.add_argument("--tta", choices=["none", "flip"], default="none",
+                   help="test-time augmentation: flip averages each image with its mirror (default: none)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     results, failed = [], 0
     for path in files:
         try:
-            top = predictor.predict(path, topk=args.topk)
+            top = predictor.predict(path, topk=args.topk, tta=args.tta)
         except BadImageError as exc:
             failed += 1
             results.append({"image": path, "error": str(exc)})

@@ -36,6 +36,10 @@ class _ExportedPredictor(Predictor):
     def outputs_are_probs(self) -> bool:
         return self.meta.outputs_are_probs
 
+    @property
+    def dataset(self) -> str | None:
+        return self.meta.dataset
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.tta import TTA_MODES
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, flag: str | None = None) -> Any:
@@ -53,6 +54,8 @@ class TrainConfig:
     step_epochs: float = opt(1.0, "step schedule: multiply the rate by --gamma every this many epochs")
     gamma: float = opt(0.7, "step schedule: the factor")
     label_smoothing: float = opt(0.0, "label smoothing for the cross-entropy (0.1 is common)")
+    tta: str = opt("none", "test-time augmentation of the final test: none, or flip (the mean of each image's "
+                           "outputs and its mirror's; only where mirroring keeps the label)", choices=TTA_MODES)
     grad_clip: float = opt(0.0, "clip the gradient's global norm to this (0: off)")
     amp: str = opt("off", "mixed precision: bf16 or fp16 autocast (fp16 on CUDA only)", choices=("off", "bf16", "fp16"))
     # ---- device and reproducibility
@@ -179,9 +182,12 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.feature_extraction and cfg.unfreeze_after:
         raise CnnlabError("--feature-extraction fits the head on fixed embeddings, so nothing can be unfrozen; "
                           "drop --unfreeze-after, or fine-tune with --freeze-backbone --unfreeze-after N instead")
+    if cfg.feature_extraction and cfg.tta != "none":
+        raise CnnlabError("--feature-extraction tests the head on cached embeddings of the unmirrored images; "
+                          "drop --tta")
     if cfg.feature_extraction and cfg.nproc > 1:
         raise CnnlabError("--feature-extraction runs in one process (fitting the head takes seconds); drop --nproc")
-    for name in ("optimizer", "schedule", "amp", "device"):
+    for name in ("optimizer", "schedule", "amp", "device", "tta"):
         choices = FIELDS[name].metadata["choices"]
         if getattr(cfg, name) not in choices:
             raise CnnlabError(f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")

@@ -13,6 +13,7 @@ from cnnlab.data import BatchLoader, get_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.train import metrics
 from cnnlab.train.run import Run
+from cnnlab.train.tta import check_tta, with_tta
 
 
 @dataclass
@@ -27,6 +28,7 @@ class EvalResult:
     targets: torch.Tensor
     data: object  # the split, to fetch images for the mistakes gallery
     run: Run
+    tta: str = "none"
 
     def worst(self, n: int) -> torch.Tensor:
         """Indices of the n highest-loss images."""
@@ -62,8 +64,11 @@ class EvalResult:
 
 @torch.inference_mode()
 def evaluate_run(run: Run, dataset: str | None = None, split: str = "test", data_dir: str | None = None,
-                 batch_size: int = 1000) -> EvalResult:
-    """Evaluate a run's model on a split of its own (or another, same-classed) dataset."""
+                 batch_size: int = 1000, tta: str | None = None) -> EvalResult:
+    """Evaluate a run's model on a split of its own (or another, same-classed) dataset.
+
+    `tta`: test-time augmentation ("none" or "flip"); by default the one the run was tested with.
+    """
     cfg = run.config
     name = dataset or cfg["dataset"]
     val_size = cfg.get("val_size", -1)
@@ -72,11 +77,12 @@ def evaluate_run(run: Run, dataset: str | None = None, split: str = "test", data
                        image_size=tuple(run.input_size[1:]))
     if len(data.classes) != len(run.classes):
         raise CnnlabError(f"{name} has {len(data.classes)} classes but the model was trained on {len(run.classes)}")
+    tta = check_tta(cfg.get("tta", "none") if tta is None else tta, data.info.flip_ok, data.info.name)
     pipe = dataclasses.replace(run.pipeline, source_channels=data.info.channels)
     loader = BatchLoader(data, batch_size, pipe)
     all_logits, all_targets = [], []
     for x, y in loader:
-        all_logits.append(run.logits(x))
+        all_logits.append(with_tta(run.logits, x, tta))
         all_targets.append(y.cpu())
     logits, targets = torch.cat(all_logits), torch.cat(all_targets)
     if logits.shape[1] == 1:
@@ -86,4 +92,4 @@ def evaluate_run(run: Run, dataset: str | None = None, split: str = "test", data
     else:
         losses = F.cross_entropy(logits, targets, reduction="none")
     rep = metrics.report(logits, targets, losses.mean().item(), run.classes, run.outputs_are_probs)
-    return EvalResult(rep, name, len(targets), losses, logits, targets, data, run)
+    return EvalResult(rep, name, len(targets), losses, logits, targets, data, run, tta)

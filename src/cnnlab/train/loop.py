@@ -24,6 +24,7 @@ from cnnlab.train.config import TrainConfig, resolve
 from cnnlab.train.distributed import shutdown, weights_digest
 from cnnlab.train.schedule import lr_at
 from cnnlab.train.setup import Setup, backbone_frozen, build, environment
+from cnnlab.train.tta import with_tta
 
 AUX_WEIGHT = 0.4  # Inception v3's auxiliary classifier, weighted as in its paper
 
@@ -212,8 +213,8 @@ def _check_finite(pending: list[tuple[int, torch.Tensor]], s: Setup, state: Trai
 
 
 @torch.inference_mode()
-def evaluate(s: Setup, loader, collect: bool = False) -> dict[str, Any]:
-    """Loss and accuracy over a whole split (the plain model, in eval mode, big batches)."""
+def evaluate(s: Setup, loader, collect: bool = False, tta: str = "none") -> dict[str, Any]:
+    """Loss and accuracy over a whole split (the plain model, in eval mode, big batches; `tta`: see tta.py)."""
     net = s.net
     was_training = net.training
     net.eval()
@@ -221,7 +222,7 @@ def evaluate(s: Setup, loader, collect: bool = False) -> dict[str, Any]:
     all_logits, all_targets = [], []
     for x, y in loader:
         with autocast(s):
-            logits, _ = split_outputs(net(x))
+            logits = with_tta(lambda b: split_outputs(net(b))[0], x, tta)
         loss_sum += loss_fn(logits, y, s.single_logit, 0.0).item() * len(y)
         correct += (metrics.predictions(logits) == y).sum().item()
         n += len(y)
@@ -454,7 +455,7 @@ def finish(s: Setup, state: TrainState, out: "Printer", test_fn: Callable[[], di
     save_checkpoint(last, s.run_dir / "checkpoints" / "last.pt")
     if best_path.exists():
         s.net.load_state_dict(load_checkpoint(best_path, s.device)["state_dict"])
-    test = test_fn() if test_fn is not None else evaluate(s, s.test_loader, collect=True)
+    test = test_fn() if test_fn is not None else evaluate(s, s.test_loader, collect=True, tta=s.cfg.tta)
     outputs_are_probs = bool(s.net.spec.kwargs.get("final_softmax"))
     rep = metrics.report(test["logits"], test["targets"], test["loss"], s.classes, outputs_are_probs)
     results = {
@@ -464,6 +465,7 @@ def finish(s: Setup, state: TrainState, out: "Printer", test_fn: Callable[[], di
         "epochs_run": state.epoch,
         "train_seconds": round(state.elapsed, 2),
         "status": state.status,
+        "tta": s.cfg.tta,
         **({"weights_sha1_by_rank": digests} if digests else {}),
         **(extra or {}),
     }
@@ -597,7 +599,8 @@ class Printer:
             return
         best = (f", best epoch {results['best_epoch']} (val {results['best_val_acc']:.2%})"
                 if results.get("best_val_acc") is not None else "")
-        print(f"test accuracy {results['test_acc']:.2%} (loss {results['test_loss']:.4f}){best}, "
+        tta = f" with {results['tta']} TTA" if results.get("tta", "none") != "none" else ""
+        print(f"test accuracy {results['test_acc']:.2%}{tta} (loss {results['test_loss']:.4f}){best}, "
               f"{results['train_seconds']:.1f} s of training")
         if not self.quiet:
             print(f"run: {run}\n  curves:  {run / 'curves.png'}\n  results: {run / 'results.json'}\n"

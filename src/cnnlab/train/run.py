@@ -16,6 +16,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import ModelSpec, get_model
 from cnnlab.train import metrics
 from cnnlab.train.checkpoint import find_checkpoint, load_checkpoint
+from cnnlab.train.tta import check_tta, dataset_flip_ok, with_tta
 
 
 class Predictor:
@@ -28,14 +29,19 @@ class Predictor:
     pipeline: Pipeline
     classes: tuple[str, ...]
     outputs_are_probs: bool
+    dataset: str | None = None  # what it learned from: whether a mirrored image keeps its label (--tta flip)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def predict_proba(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
-        """Class probabilities (N, K) for one image or a list (paths, PIL images, arrays, tensors)."""
+    def predict_proba(self, images: ImageLike | Sequence[ImageLike], tta: str = "none") -> torch.Tensor:
+        """Class probabilities (N, K) for one image or a list (paths, PIL images, arrays, tensors).
+
+        `tta="flip"` averages each image's outputs with its mirror image's (refused where that changes labels).
+        """
+        check_tta(tta, dataset_flip_ok(self.dataset), self.dataset or "this model's dataset")
         batch = self.prepare(images)
-        return metrics.probabilities(self.logits(batch), self.outputs_are_probs)
+        return metrics.probabilities(with_tta(self.logits, batch, tta), self.outputs_are_probs)
 
     def prepare(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
         """Images as the model sees them: a normalized (N, C, H, W) batch."""
@@ -49,9 +55,9 @@ class Predictor:
             raise CnnlabError("no images to predict")
         return torch.cat([self.pipeline.load(item) for item in items])
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], topk: int = 3):
+    def predict(self, images: ImageLike | Sequence[ImageLike], topk: int = 3, tta: str = "none"):
         """Top-k (class name, probability) pairs: a list for one image, a list of lists for several."""
-        probs = self.predict_proba(images)
+        probs = self.predict_proba(images, tta)
         k = min(topk, probs.shape[1])
         top = probs.topk(k, dim=1)
         out = [[(self.classes[i], float(p)) for p, i in zip(ps.tolist(), idx.tolist())]
@@ -83,6 +89,10 @@ class Run(Predictor):
         if path.exists():
             return json.loads(path.read_text())["config"]
         return self.checkpoint["config"]
+
+    @property
+    def dataset(self) -> str | None:
+        return self.config.get("dataset")
 
     @property
     def history(self) -> list[dict]:

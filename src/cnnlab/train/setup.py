@@ -20,6 +20,7 @@ from torch import nn
 from cnnlab.data import BatchLoader, Pipeline, get_dataset, parse_augment
 from cnnlab.data.augment import Augment
 from cnnlab.errors import CnnlabError
+from cnnlab.train.tta import check_tta
 from cnnlab.models import get_model, get_model_info, parse_input_size
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.distributed import DistEnv, check_sync_bn, init_distributed, threads_per_process
@@ -290,6 +291,7 @@ def build(cfg: TrainConfig, run_dir: Path | None = None) -> Setup:
     mean, std = normalization(cfg, data_info, input_size)
     pipeline = Pipeline.build(data_info.channels, input_size, mean, std)
     augment = parse_augment(cfg.augment, data_info)
+    check_tta(cfg.tta, data_info.flip_ok, data_info.name)
     common = dict(device=device, channels_last=cfg.channels_last, num_workers=cfg.num_workers)
     train_loader = BatchLoader(train_data, cfg.batch_size, pipeline, augment=augment, shuffle=True,
                                drop_last=len(train_data) > cfg.batch_size * env.world_size, seed=cfg.seed,

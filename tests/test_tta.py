@@ -1,0 +1,66 @@
+"""Test-time augmentation: mirror-averaged outputs, refused where mirroring changes labels, one figure everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import cnnlab
+from cnnlab.cli.main import main
+from cnnlab.data import get_dataset
+from cnnlab.errors import CnnlabError
+from cnnlab.train.evaluation import evaluate_run
+from cnnlab.train.run import load_run
+from cnnlab.train.tta import check_tta, dataset_flip_ok, with_tta
+
+
+def test_flip_tta_makes_the_outputs_mirror_invariant() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))  # not mirror-symmetric
+    x = torch.randn(8, 1, 28, 28)
+    assert not torch.allclose(net(x), net(x.flip(3)), atol=1e-3)
+    assert torch.allclose(with_tta(net, x, "flip"), with_tta(net, x.flip(3), "flip"), atol=1e-6)
+    assert torch.allclose(with_tta(net, x, "flip"), (net(x) + net(x.flip(3))) / 2)
+    assert torch.equal(with_tta(net, x, "none"), net(x))
+
+
+def test_flip_tta_is_refused_where_mirroring_changes_labels(tmp_path: Path, digits_run: Path, photos_dir: Path,
+                                                           capsys) -> None:
+    with pytest.raises(CnnlabError, match="flip would change the labels of mnist"):
+        check_tta("flip", dataset_flip_ok("mnist"), "mnist")
+    assert check_tta("flip", dataset_flip_ok("fashion-mnist")) == "flip"
+    assert dataset_flip_ok("folder:/photos") and not dataset_flip_ok("digits")
+    with pytest.raises(CnnlabError, match="unknown test-time augmentation 'rotate'"):
+        check_tta("rotate", True)
+    with pytest.raises(CnnlabError, match="flip would change the labels of digits"):
+        cnnlab.train(dataset="digits", tta="flip", out=str(tmp_path / "r"), quiet=True)
+    assert not (tmp_path / "r" / "results.json").exists()
+    image = str(next(photos_dir.glob("*.png")))
+    assert main(["predict", str(digits_run), image, "--tta", "flip"]) == 2
+    assert "flip would change the labels of digits" in capsys.readouterr().err
+    assert main(["eval", str(digits_run), "--tta", "flip"]) == 2
+
+
+def test_a_run_tested_with_flip_tta_gives_the_same_figure_in_train_eval_and_predict(data_dir: Path, tmp_path: Path,
+                                                                                     capsys) -> None:
+    out = tmp_path / "fashion"
+    run = cnnlab.train(model="lenet", dataset="fashion-mnist", subset=3000, epochs=1, augment="flip", tta="flip",
+                       seed=0, out=str(out), quiet=True)
+    assert run.results["tta"] == "flip"
+    assert "with flip TTA" in capsys.readouterr().out
+    tested = evaluate_run(load_run(out))  # by default, as the run was tested
+    plain = evaluate_run(load_run(out), tta="none")
+    assert tested.tta == "flip" and plain.tta == "none"
+    assert abs(tested.report.accuracy - run.results["test_acc"]) <= 1e-4
+    assert not torch.allclose(tested.logits, plain.logits, atol=1e-3)
+    assert main(["eval", str(out), "--tta", "none", "--out", str(tmp_path / "eval")]) == 0
+    assert f"accuracy {plain.report.accuracy:.2%}  loss" in capsys.readouterr().out
+
+    image = get_dataset("fashion-mnist", "test", data_dir).images[0]  # (1, 28, 28) uint8
+    predictor = load_run(out)
+    both = predictor.predict_proba([image, image.flip(2)], tta="flip")
+    assert torch.allclose(both[0], both[1], atol=1e-5)  # the image and its mirror get one answer
+    assert not torch.allclose(predictor.predict_proba(image), both[0], atol=1e-4)
