@@ -290,3 +290,28 @@ def test_resume_rewrites_metrics_from_the_checkpoint(tmp_path: Path) -> None:
     run = cnnlab.train(resume=str(tmp_path / "r"), epochs=2, quiet=True)
     assert [r["epoch"] for r in run.history] == [1, 2]
     assert [json.loads(line)["epoch"] for line in metrics_file.read_text().splitlines()] == [1, 2]
+
+
+def test_tuned_malloc_keeps_step_sized_buffers_out_of_fresh_mappings() -> None:
+    """In a fresh process glibc maps a 4 MiB tensor anew (and unmaps it on free); after tune_malloc() it does not."""
+    probe = textwrap.dedent("""
+        import ctypes, torch
+        from cnnlab._malloc import tune_malloc
+
+        class Info(ctypes.Structure):  # glibc's struct mallinfo2
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = Info
+
+        def mapped_by(n):  # bytes of fresh mmap-ed blocks while an n-byte tensor is alive
+            before = libc.mallinfo2().hblkhd
+            x = torch.ones(n, dtype=torch.uint8)
+            return libc.mallinfo2().hblkhd - before
+
+        print(mapped_by(4 << 20), tune_malloc(), mapped_by(4 << 20), mapped_by(16 << 20))
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    untuned, ok, tuned, tuned_16 = done.stdout.split()
+    assert int(untuned) >= 4 << 20 and ok == "True" and int(tuned) == 0 and int(tuned_16) == 0

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
+from PIL import Image
 from torch import nn
 
 import cnnlab
 from cnnlab.cli.main import main
 from cnnlab.data import get_dataset
 from cnnlab.errors import CnnlabError
+from cnnlab.serve import create_app
 from cnnlab.train.evaluation import evaluate_run
 from cnnlab.train.run import load_run
 from cnnlab.train.tta import check_tta, dataset_flip_ok, with_tta
@@ -42,9 +46,14 @@ def test_flip_tta_is_refused_where_mirroring_changes_labels(tmp_path: Path, digi
     assert main(["predict", str(digits_run), image, "--tta", "flip"]) == 2
     assert "flip would change the labels of digits" in capsys.readouterr().err
     assert main(["eval", str(digits_run), "--tta", "flip"]) == 2
+    client = TestClient(create_app(digits_run))
+    png = Path(image).read_bytes()
+    for tta, message in [("flip", "flip would change the labels of digits"), ("rotate", "unknown test-time")]:
+        reply = client.post(f"/api/predict?tta={tta}", files={"image": ("x.png", png, "image/png")})
+        assert reply.status_code == 422 and message in reply.json()["detail"], reply.text
 
 
-def test_a_run_tested_with_flip_tta_gives_the_same_figure_in_train_eval_and_predict(data_dir: Path, tmp_path: Path,
+def test_a_run_tested_with_flip_tta_answers_alike_in_train_eval_predict_and_serve(data_dir: Path, tmp_path: Path,
                                                                                      capsys) -> None:
     out = tmp_path / "fashion"
     run = cnnlab.train(model="lenet", dataset="fashion-mnist", subset=3000, epochs=1, augment="flip", tta="flip",
@@ -64,3 +73,12 @@ def test_a_run_tested_with_flip_tta_gives_the_same_figure_in_train_eval_and_pred
     both = predictor.predict_proba([image, image.flip(2)], tta="flip")
     assert torch.allclose(both[0], both[1], atol=1e-5)  # the image and its mirror get one answer
     assert not torch.allclose(predictor.predict_proba(image), both[0], atol=1e-4)
+
+    buf = io.BytesIO()
+    Image.fromarray(image[0].numpy()).save(buf, format="PNG")
+    reply = TestClient(create_app(out)).post("/api/predict?tta=flip&topk=10",
+                                              files={"image": ("x.png", buf.getvalue(), "image/png")})
+    served = torch.zeros(10)
+    for p in reply.json()["predictions"]:
+        served[p["index"]] = p["probability"]
+    assert torch.allclose(served, both[0], atol=1e-5)  # the server gives the same mirror-averaged answer

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cnnlab.train.tta import TTA_MODES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -22,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mistakes", type=int, default=24, help="images in the mistakes gallery (default: 24)")
     p.add_argument("--normalized", action="store_true", help="confusion matrix PNG as row fractions")
     p.add_argument("--batch-size", type=int, default=1000, help="images per step")
-    p.add_argument("--tta", choices=["none", "flip"],
+    p.add_argument("--tta", choices=TTA_MODES,
                    help="test-time augmentation: flip averages each image with its mirror (default: as the run "
                         "was tested)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")

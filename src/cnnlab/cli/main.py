@@ -11,6 +11,7 @@ import sys
 from typing import NoReturn
 
 from cnnlab import __version__
+from cnnlab._malloc import tune_malloc
 from cnnlab.errors import CnnlabError
 
 # One module per command, in the order `cnnlab --help` lists them.
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         # Everything imported so far lives until exit: freezing it spares each later collection, and the one
         # at exit, a walk over ~400,000 objects (about 1 s of CPU per `cnnlab train`).
         gc.freeze()
+        tune_malloc()  # reuse freed tensor memory instead of mapping it anew (see cnnlab/_malloc.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from cnnlab.train.tta import TTA_MODES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run folder (runs/...), checkpoint file, or exported model (.onnx or TorchScript)")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--topk", type=int, default=3, help="classes to show per image (default: 3)")
-    p.add_argument("--tta", choices=["none", "flip"], default="none",
+    p.add_argument("--tta", choices=TTA_MODES, default="none",
                    help="test-time augmentation: flip averages each image with its mirror (default: none)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)

@@ -174,10 +174,12 @@ def _add_routes(app: FastAPI) -> None:
               openapi_extra={"requestBody": IMAGE_BODY})
     async def predict(request: Request,
                       topk: int = Query(5, ge=1, le=1000, description="how many classes to return"),
-                      input_image: bool = Query(False, description="also return the image as the model sees it")
+                      input_image: bool = Query(False, description="also return the image as the model sees it"),
+                      tta: str = Query("none", description="test-time augmentation: none, or flip (the mean of "
+                                                           "the image's outputs and its mirror's)")
                       ) -> dict[str, Any]:
         upload = await read_upload(request)
-        return await run_in_threadpool(_predict, request, upload.data, topk, input_image)
+        return await run_in_threadpool(_predict, request, upload.data, topk, input_image, tta)
 
     @app.post("/api/explain", summary="Feature maps of a layer and the Grad-CAM overlay, as PNGs",
               openapi_extra={"requestBody": IMAGE_BODY})
@@ -197,10 +199,10 @@ def _add_routes(app: FastAPI) -> None:
         return await run_in_threadpool(_convolve, request, upload.data, upload.fields)
 
 
-def _predict(request: Request, data: bytes, topk: int, input_image: bool) -> dict[str, Any]:
+def _predict(request: Request, data: bytes, topk: int, input_image: bool, tta: str = "none") -> dict[str, Any]:
     served = _model(request)
     x = served.prepare(_decode_for_model(request, data))
-    probs = served.predict(x)
+    probs = served.predict(x, tta)
     out: dict[str, Any] = {"predictions": top_classes(probs, served.classes, topk)}
     if input_image:
         out["input_image"] = served.shown_png(x)

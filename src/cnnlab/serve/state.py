@@ -197,12 +197,15 @@ class ServedModel:
         with torch.inference_mode():
             return self.pipeline.load(image)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
         """Class probabilities (K,) for one prepared input; safe to call from many threads at once."""
         from cnnlab.train.metrics import probabilities
+        from cnnlab.train.tta import check_tta, dataset_flip_ok, with_tta
 
+        dataset = getattr(self.predictor, "dataset", None)
+        check_tta(tta, dataset_flip_ok(dataset), dataset or "this model's dataset")
         with torch.inference_mode():
-            logits = self.predictor.logits(x)
+            logits = with_tta(self.predictor.logits, x, tta)
             return probabilities(logits, bool(getattr(self.predictor, "outputs_are_probs", False)))[0].float()
 
     def shown_png(self, x: torch.Tensor) -> str:

@@ -41,6 +41,8 @@ class TrainConfig:
     subset: int = opt(0, "train on a stratified subset of this many training images (0: all), for quick runs")
     augment: str = opt("auto", "augmentation: auto, none, or e.g. 'translate=2,flip,cutout=8,degrees=10'")
     normalize: bool = opt(True, "subtract the dataset mean and divide by its std (off: pixels in [0, 1])")
+    tta: str = opt("none", "test-time augmentation of the final test: none, or flip (the mean of each image's "
+                           "outputs and its mirror's; only where mirroring keeps the label)", choices=TTA_MODES)
     # ---- optimization
     epochs: int = opt(15, "passes over the training split")
     batch_size: int = opt(64, "images per step (per process when distributed)")
@@ -54,8 +56,6 @@ class TrainConfig:
     step_epochs: float = opt(1.0, "step schedule: multiply the rate by --gamma every this many epochs")
     gamma: float = opt(0.7, "step schedule: the factor")
     label_smoothing: float = opt(0.0, "label smoothing for the cross-entropy (0.1 is common)")
-    tta: str = opt("none", "test-time augmentation of the final test: none, or flip (the mean of each image's "
-                           "outputs and its mirror's; only where mirroring keeps the label)", choices=TTA_MODES)
     grad_clip: float = opt(0.0, "clip the gradient's global norm to this (0: off)")
     amp: str = opt("off", "mixed precision: bf16 or fp16 autocast (fp16 on CUDA only)", choices=("off", "bf16", "fp16"))
     # ---- device and reproducibility

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cnnlab._io import atomic_write_json, atomic_write_text
+from cnnlab._malloc import tune_malloc
 from cnnlab.errors import CnnlabError
 from cnnlab.train import metrics
 from cnnlab.train.checkpoint import load_checkpoint, resume_position, rng_state, save_checkpoint, set_rng_state
@@ -342,6 +343,7 @@ def fit(s: Setup, state: TrainState, on_step: Callable | None = None, resumed: b
     """Epochs of training and validation with checkpoints, then the test split on the best weights."""
     from cnnlab.train.run import Run
 
+    tune_malloc()  # every step frees and reallocates the same buffers: keep them in the heap (see _malloc.py)
     cfg, out = s.cfg, Printer(s)
     if s.env.is_main:
         atomic_write_json({"config": cfg.to_dict(), "resolved": resolved(s), "environment": environment()},
