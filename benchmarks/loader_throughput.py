@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import MNIST
 
 from _common import median, print_environment, timed
+from cnnlab._malloc import tune_malloc
 from cnnlab.data import Augment, BatchLoader, Pipeline, get_dataset, resolve_data_dir
 
 
@@ -29,6 +30,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="*", default=[0, 2], help="DataLoader workers to try")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    # As in `cnnlab train`: glibc keeps freed batch-sized blocks in the heap instead of mapping them anew. It is a
+    # process-wide setting, so torchvision's loader (and its forked workers) runs under it too.
+    tune_malloc()
     print_environment()
     root = resolve_data_dir()
 

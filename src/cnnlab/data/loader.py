@@ -132,7 +132,8 @@ class BatchLoader:
     def _memory(self, batches: list[torch.Tensor], start: int):
         for idx in batches[start:]:
             idx = idx.to(self.device)
-            yield self.images[idx], self.targets[idx]
+            # index_select, not images[idx]: the same rows, ~10x faster on a CPU (6 vs 65 us for 256 MNIST images)
+            yield self.images.index_select(0, idx), self.targets.index_select(0, idx)
 
     def _stream(self, batches: list[torch.Tensor], start: int):
         loader = torch.utils.data.DataLoader(

@@ -130,8 +130,8 @@ register_recipe(Recipe(
     "fast-mnist",
     "fastnet (0.68M mult-adds/image) for one epoch on all 60,000 MNIST images: SGD Nesterov lr 0.2, batch 128, "
     "one-cycle, label smoothing 0.1, bf16 autocast, channels-last, no augmentation",
-    "99.10% mean test accuracy over seeds 0-4 (min 99.04%) in 6.2 s (median) from process start to a finished "
-    "run folder on 2 CPU cores, 39x faster than the PyTorch examples' recipe to 99%; peak memory ~925 MiB "
+    "99.10% mean test accuracy over seeds 0-4 (min 99.04%) in 5.2 s (median) from process start to a finished "
+    "run folder on 2 CPU cores, 44-46x faster than the PyTorch examples' recipe to 99%; peak memory ~820 MiB "
     "(benchmarks/README.md)",
     _FAST | {"dataset": "mnist", "epochs": 1, "batch_size": 128, "lr": 0.2, "augment": "none"},
 ))
@@ -145,7 +145,7 @@ register_recipe(Recipe(
     "fastnet widened to 32-64-128 channels with a flatten head (5.6M mult-adds/image), 12 epochs on all 60,000 "
     "MNIST images with random shifts (2 px), rotations (10 degrees) and zoom (10%): SGD Nesterov lr 0.2, batch 128, "
     "one-cycle, label smoothing 0.1, bf16 autocast, channels-last",
-    "99.66% mean test accuracy over seeds 0-4 (min 99.63%) in 166 s (median; 133-181 s) on 2 CPU cores "
+    "99.67% mean test accuracy over seeds 0-4 (min 99.66%) in 119 s (median; 110-123 s) on 2 CPU cores "
     "(benchmarks/README.md)",
     _FAST | {"dataset": "mnist", "epochs": 12, "batch_size": 128, "lr": 0.2, "model_kwargs": _WIDE,
              "augment": "translate=2,degrees=10,scale=0.1"},
@@ -155,8 +155,8 @@ register_recipe(Recipe(
     "fastnet 16-48-96 with a flatten head (2.4M mult-adds/image: a stride-2 3x3 conv to 14x14, a 3x3 conv, max-pool "
     "to 7x7, a 3x3 conv to 5x5), 4 epochs on all 60,000 Fashion-MNIST images with random flips, tested with flip "
     "TTA: SGD Nesterov lr 0.4, batch 256, one-cycle, label smoothing 0.1, bf16 autocast, channels-last",
-    "92.16% mean test accuracy over seeds 0-4 (min 91.99%) in 36 s (median) on 2 CPU cores; 30 s in an "
-    "earlier session (benchmarks/README.md)",
+    "92.20% mean test accuracy over seeds 0-4 (min 92.09%) in 21.6 s (median) on 2 CPU cores "
+    "(benchmarks/README.md)",
     _FAST | {"dataset": "fashion-mnist", "epochs": 4, "batch_size": 256, "lr": 0.4, "augment": "flip", "tta": "flip",
              "model_kwargs": {"widths": [16, 48, 96], "kernels": [3, 3, 3], "strides": [2, 1, 1],
                               "pools": [False, True, False], "padding": ["same", "same", "valid"],
