@@ -117,7 +117,9 @@ def profile_steps(cfg, s, steps: int) -> dict:
             for k, v in zip(("data", "forward", "backward", "optimizer"), (c1 - c0, c2 - c1, c3 - c2, c4 - c3)):
                 phases[k] += v
 
-    steps = min(steps, len(s.train_loader) // 2 - 3)
+    steps = min(steps, (len(s.train_loader) - 3) // 2)  # 3 warm-up steps, then `steps` timed and `steps` profiled
+    if steps < 1:
+        raise SystemExit(f"{cfg.recipe}: only {len(s.train_loader)} batches per epoch; profiling needs at least 5")
     for _ in range(3):
         step(False)
     w0 = time.perf_counter()
