@@ -2,10 +2,11 @@
 
 glibc serves each allocation above its mmap threshold (128 KiB at start) with a fresh `mmap` and gives it back
 with `munmap` when freed. A CPU training step allocates and frees the same activation and gradient buffers
-(0.1-10 MiB each) every time, so the kernel zeroes new pages for all of them, step after step: on Fashion-MNIST
-that was 2.4 s of system time in a 10 s epoch. glibc raises the threshold by itself after the first large
-free, which is why a run that had just decoded the raw files (and freed the bytes) trained ~15% faster than one
-that loaded the cached tensors. Fixing both thresholds makes that the rule (benchmarks/README.md, "malloc").
+(0.1-10 MiB each) every time, so the kernel zeroes new pages for all of them, step after step: a one-epoch
+Fashion-MNIST run spent 2.8 s of its 9 s in the kernel (0.5 s with the thresholds set). glibc raises the threshold
+by itself after a large free, which is why a run that had just decoded the raw files (and freed the bytes) was
+~14% faster than one that loaded the cached tensors. Fixing both thresholds makes that the rule
+(benchmarks/README.md, "glibc malloc thresholds").
 """
 
 from __future__ import annotations
