@@ -322,7 +322,6 @@ def test_augmentations_move_content_but_keep_it() -> None:
     assert ((cut == 0).sum(dim=(1, 2, 3)) > 0).all()
 
 
-
 def test_translate_is_an_exact_whole_pixel_shift_with_black_fill() -> None:
     """The same shift computed twice: by padding and slicing each image, and by the batched augmentation."""
     x = torch.rand(32, 3, 20, 24)
@@ -358,6 +357,7 @@ def test_affine_grid_matches_torch() -> None:
         theta = torch.randn(n, 2, 3)
         want = torch.nn.functional.affine_grid(theta, [n, 1, h, w], align_corners=False)
         assert torch.allclose(affine_grid(theta, h, w), want, atol=1e-5)
+
 
 def test_flip_is_refused_for_digits() -> None:
     with pytest.raises(CnnlabError, match="flip would change the labels"):

@@ -199,14 +199,10 @@ class ServedModel:
 
     def predict(self, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
         """Class probabilities (K,) for one prepared input; safe to call from many threads at once."""
-        from cnnlab.train.metrics import probabilities
-        from cnnlab.train.tta import check_tta, dataset_flip_ok, with_tta
+        from cnnlab.train.tta import predictor_probabilities
 
-        dataset = getattr(self.predictor, "dataset", None)
-        check_tta(tta, dataset_flip_ok(dataset), dataset or "this model's dataset")
         with torch.inference_mode():
-            logits = with_tta(self.predictor.logits, x, tta)
-            return probabilities(logits, bool(getattr(self.predictor, "outputs_are_probs", False)))[0].float()
+            return predictor_probabilities(self.predictor, x, tta)[0].float()
 
     def shown_png(self, x: torch.Tensor) -> str:
         """The input as the model sees it (its channels and size), scaled up with nearest-neighbour."""

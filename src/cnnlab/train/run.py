@@ -14,9 +14,8 @@ from cnnlab.data.images import ImageLike
 from cnnlab.data.pipeline import Pipeline
 from cnnlab.errors import CnnlabError
 from cnnlab.models import ModelSpec, get_model
-from cnnlab.train import metrics
 from cnnlab.train.checkpoint import find_checkpoint, load_checkpoint
-from cnnlab.train.tta import check_tta, dataset_flip_ok, with_tta
+from cnnlab.train.tta import predictor_probabilities
 
 
 class Predictor:
@@ -39,9 +38,7 @@ class Predictor:
 
         `tta="flip"` averages each image's outputs with its mirror image's (refused where that changes labels).
         """
-        check_tta(tta, dataset_flip_ok(self.dataset), self.dataset or "this model's dataset")
-        batch = self.prepare(images)
-        return metrics.probabilities(with_tta(self.logits, batch, tta), self.outputs_are_probs)
+        return predictor_probabilities(self, self.prepare(images), tta)
 
     def prepare(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
         """Images as the model sees them: a normalized (N, C, H, W) batch."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from cnnlab.data import get_dataset_info
 from cnnlab.errors import CnnlabError
+from cnnlab.train.metrics import probabilities
 
 TTA_MODES = ("none", "flip")
 
@@ -40,3 +41,11 @@ def with_tta(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, m
         # Fashion-MNIST it ranked the same as averaging probabilities (92.45 vs 92.47%).
         out = (out + forward(x.flip(3))) / 2
     return out
+
+
+def predictor_probabilities(predictor: Any, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Class probabilities (N, K) of anything with `.logits(x)` for a prepared batch, refusing a `mode` that
+    changes the labels of the dataset it learned from (`.dataset`)."""
+    dataset = getattr(predictor, "dataset", None)
+    check_tta(mode, dataset_flip_ok(dataset), dataset or "this model's dataset")
+    return probabilities(with_tta(predictor.logits, x, mode), bool(getattr(predictor, "outputs_are_probs", False)))
