@@ -315,3 +315,20 @@ def test_tuned_malloc_keeps_step_sized_buffers_out_of_fresh_mappings() -> None:
     assert done.returncode == 0, done.stderr
     untuned, ok, tuned, tuned_16 = done.stdout.split()
     assert int(untuned) >= 4 << 20 and ok == "True" and int(tuned) == 0 and int(tuned_16) == 0
+
+
+def test_top1_is_the_accuracy_when_logits_tie() -> None:
+    from cnnlab.train import metrics
+
+    # bf16 logits tie now and then: argmax takes the first tied class, and so must top-1 (and top-k's order).
+    # The first row is fast-mnist's test image 674 (a 5): torch's topk took the 5, argmax the 3.
+    real = [-1.2265625, -0.294921875, 0.515625, 2.828125, -0.43359375, 2.828125, -0.45703125, -1.3828125,
+            -0.10888671875, -0.62890625]
+    logits = torch.tensor([real, real, [0.0] * 9 + [3.0], [1.0] + [0.0] * 8 + [1.0]])
+    targets = torch.tensor([5, 3, 9, 9])
+    rep = metrics.report(logits, targets, 0.0, tuple("0123456789"))
+    assert rep.accuracy == 0.5  # rows 1 and 2
+    assert rep.topk[1] == rep.accuracy
+    assert metrics.topk_accuracy(logits, targets, 2) == 1.0  # row 3: class 9 ties class 0 and ranks second
+    single = metrics.report(torch.tensor([[0.0], [1.0], [-1.0]]), torch.tensor([1, 1, 0]), 0.0, ("no", "yes"))
+    assert single.topk[1] == single.accuracy == pytest.approx(2 / 3)  # logit 0: "no", by the rule logit > 0 and by the tie

@@ -309,7 +309,10 @@ def train(config: TrainConfig | None = None, on_step: Callable | None = None, **
     if cfg.feature_extraction:
         from cnnlab.train.features import fit_features
 
-        return fit_features(s)
+        try:
+            return fit_features(s)
+        finally:
+            s.curves.close()
     return fit(s, TrainState(), on_step=on_step)
 
 
@@ -367,6 +370,8 @@ def fit(s: Setup, state: TrainState, on_step: Callable | None = None, resumed: b
                     return _interrupted(s, state, out)
                 if _should_stop(s, state, row, finished, out):
                     break
+        state.status = "completed"
+        results = finish(s, state, out)
     except NonFiniteLoss:
         state.status = "diverged"
         if s.env.is_main:
@@ -375,8 +380,7 @@ def fit(s: Setup, state: TrainState, on_step: Callable | None = None, resumed: b
     finally:
         if tb is not None:
             tb.close()
-    state.status = "completed"
-    results = finish(s, state, out)
+        s.curves.close()  # a no-op once the curves are drawn; ends the helper after an interruption or an error
     shutdown(s.env)
     return Run(s.run_dir, model=s.net, results=results, status=state.status)  # other ranks have no results
 
@@ -458,6 +462,7 @@ def finish(s: Setup, state: TrainState, out: "Printer", test_fn: Callable[[], di
     if best_path.exists():
         s.net.load_state_dict(load_checkpoint(best_path, s.device)["state_dict"])
     test = test_fn() if test_fn is not None else evaluate(s, s.test_loader, collect=True, tta=s.cfg.tta)
+    s.curves.submit(state.history, s.run_dir / "curves.png")  # drawn (by the helper) while results are computed
     outputs_are_probs = bool(s.net.spec.kwargs.get("final_softmax"))
     rep = metrics.report(test["logits"], test["targets"], test["loss"], s.classes, outputs_are_probs)
     results = {
@@ -472,7 +477,7 @@ def finish(s: Setup, state: TrainState, out: "Printer", test_fn: Callable[[], di
         **(extra or {}),
     }
     atomic_write_json(results, s.run_dir / "results.json")
-    _curves(s, state)
+    s.curves.wait()
     out.finish(results)
     return results
 
@@ -516,12 +521,6 @@ def _interrupted(s: Setup, state: TrainState, out: "Printer"):
 def _append_note(s: Setup, state: TrainState) -> None:
     atomic_write_json({"status": "diverged", "epochs_run": state.epoch, "step": state.step},
                       s.run_dir / "results.json")
-
-
-def _curves(s: Setup, state: TrainState) -> None:
-    from cnnlab.viz import plot_curves, save_figure
-
-    save_figure(plot_curves(state.history), s.run_dir / "curves.png")
 
 
 def _tensorboard(s: Setup):

@@ -27,10 +27,11 @@ def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, num_classes: in
     return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
-def topk_accuracy(probs: torch.Tensor, targets: torch.Tensor, k: int) -> float:
-    """Fraction of rows whose true class is among the k most probable."""
-    k = min(k, probs.shape[1])
-    top = probs.topk(k, dim=1).indices
+def topk_accuracy(scores: torch.Tensor, targets: torch.Tensor, k: int) -> float:
+    """Fraction of rows whose true class is among the k highest scores; of tied scores the first class ranks
+    higher, as in `argmax`, so top-1 is the accuracy (bf16 logits tie now and then)."""
+    k = min(k, scores.shape[1])
+    top = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
     return (top == targets[:, None]).any(dim=1).float().mean().item()
 
 
@@ -86,7 +87,8 @@ def report(logits: torch.Tensor, targets: torch.Tensor, loss: float, classes: tu
     precision = (tp / cm.sum(0).clamp_min(1)).tolist()
     recall = (tp / cm.sum(1).clamp_min(1)).tolist()
     f1 = [2 * p * r / (p + r) if p + r > 0 else 0.0 for p, r in zip(precision, recall)]
-    topk = {kk: topk_accuracy(probs, targets, kk) for kk in (1, 3, 5) if kk < k or kk == 1}
+    scores = logits.float() if logits.shape[1] > 1 else probs  # ranked as predictions() ranks them
+    topk = {kk: topk_accuracy(scores, targets, kk) for kk in (1, 3, 5) if kk < k or kk == 1}
     return Report(
         accuracy=(preds == targets).float().mean().item(),
         loss=loss,

@@ -9,7 +9,7 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlab._gc import gc_paused
 from cnnlab.data import BatchLoader, Pipeline, get_dataset, parse_augment
 from cnnlab.data.augment import Augment
 from cnnlab.errors import CnnlabError
 from cnnlab.train.tta import check_tta
 from cnnlab.models import get_model, get_model_info, parse_input_size
 from cnnlab.train.config import TrainConfig
+from cnnlab.train.curves import CurvesPainter
 from cnnlab.train.distributed import DistEnv, check_sync_bn, init_distributed, threads_per_process
 
 
@@ -47,6 +49,7 @@ class Setup:
     single_logit: bool
     run_dir: Path
     steps_per_epoch: int
+    curves: CurvesPainter = field(default_factory=CurvesPainter)  # draws curves.png when the run finishes
 
     @property
     def total_steps(self) -> int:
@@ -157,6 +160,11 @@ def build_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
          "lr_scale": cfg.backbone_lr_scale if backbone and cfg.unfreeze_after else 1.0}
         for (no_decay, backbone), ps in groups.items()
     ]
+    with gc_paused():  # the first torch.optim optimizer imports torch._dynamo: ~150,000 objects, see cnnlab/_gc.py
+        return _optimizer(cfg, params)
+
+
+def _optimizer(cfg: TrainConfig, params: list[dict]) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adam":
@@ -251,6 +259,8 @@ def build(cfg: TrainConfig, run_dir: Path | None = None) -> Setup:
     if cfg.amp == "fp16" and device.type != "cuda":
         raise CnnlabError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 (or off)")
     env = init_distributed(device.type)
+    # Forked before any work: it imports matplotlib while this process builds the optimizer (see curves.py).
+    curves = CurvesPainter() if env.enabled else CurvesPainter().start()
     if env.enabled and device.type == "cuda":
         device = torch.device("cuda", env.local_rank)
     if cfg.sync_bn and env.enabled:
@@ -326,4 +336,5 @@ def build(cfg: TrainConfig, run_dir: Path | None = None) -> Setup:
         single_logit=single,
         run_dir=run_dir,
         steps_per_epoch=len(train_loader),
+        curves=curves,
     )
