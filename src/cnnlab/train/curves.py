@@ -4,7 +4,7 @@ On a 5 s fast-mnist run, importing matplotlib costs ~0.35 s of one core and draw
 before the optimizer is built imports matplotlib, and draws a first figure, on the otherwise idle second core
 while this one imports torch._dynamo (which every torch.optim optimizer needs, ~0.8 s); then it waits. Once the
 test set has run it gets the history and draws while this process writes the results (benchmarks/README.md,
-"curves.png in a helper process"). Where forking does not pay or is not safe, or the helper fails, the curves are
+levers table: "curves.png drawn by a helper"). Where forking does not pay or is not safe, or the helper fails, the curves are
 drawn here, as before.
 """
 
