@@ -161,15 +161,12 @@ def build_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
         for (no_decay, backbone), ps in groups.items()
     ]
     with gc_paused():  # the first torch.optim optimizer imports torch._dynamo: ~150,000 objects, see cnnlab/_gc.py
-        return _optimizer(cfg, params)
-
-
-def _optimizer(cfg: TrainConfig, params: list[dict]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                   nesterov=cfg.nesterov and cfg.momentum > 0)
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
 def run_name(cfg: TrainConfig) -> str:
