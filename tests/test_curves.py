@@ -94,6 +94,63 @@ def test_an_error_while_drawing_reaches_the_caller(tmp_path: Path) -> None:
         painter.wait()
 
 
+def test_the_test_pass_runs_on_one_thread_fewer_until_the_helper_answers(tmp_path: Path) -> None:
+    out = _fresh_process("""
+        import time, torch
+        torch.set_num_threads(2)
+        p = CurvesPainter().start()
+        p.submit(history, tmp / "c.png")
+        seen = []
+        for _ in p.sharing_cores(range(600)):  # up to 60 s
+            seen.append(torch.get_num_threads())
+            if seen[-1] == 2:
+                break
+            time.sleep(0.1)
+        out["first"], out["last"], out["after"] = seen[0], seen[-1], torch.get_num_threads()
+        out["answered"] = p._conn.poll()
+        p.wait()
+        try:  # an error in the test pass: the threads come back all the same
+            for _ in p.sharing_cores(range(3)):
+                raise RuntimeError
+        except RuntimeError:
+            out["after_an_error"] = torch.get_num_threads()
+    """, tmp_path)
+    assert out == {"first": 1, "last": 2, "after": 2, "answered": True, "after_an_error": 2, "children": 0}
+    assert (tmp_path / "c.png").read_bytes() == _drawn_here(tmp_path)
+
+
+def test_without_a_helper_the_test_pass_keeps_its_threads(tmp_path: Path) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    painter = CurvesPainter().start()  # matplotlib is loaded in this test process: no helper
+    painter.submit(HISTORY, tmp_path / "c.png")
+    assert [torch.get_num_threads() for _ in painter.sharing_cores(range(3))] == [threads] * 3
+    painter.wait()
+    assert (tmp_path / "c.png").read_bytes() == _drawn_here(tmp_path)
+
+
+def test_the_test_pass_gives_the_same_logits_on_one_thread_as_on_two() -> None:
+    """What sharing a core with the helper relies on: fewer threads change the speed, not the numbers."""
+    import torch
+
+    from cnnlab.models import get_model
+
+    torch.manual_seed(0)
+    net = get_model("fastnet", num_classes=10, input_size=(1, 28, 28)).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1000, 1, 28, 28).to(memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    logits = []
+    try:
+        for n in (2, 1):
+            torch.set_num_threads(n)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                logits.append(net(x).float())
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(logits[0], logits[1])
+
+
 TRAIN = """
     import signal
     import cnnlab

@@ -461,8 +461,9 @@ def finish(s: Setup, state: TrainState, out: "Printer", test_fn: Callable[[], di
     save_checkpoint(last, s.run_dir / "checkpoints" / "last.pt")
     if best_path.exists():
         s.net.load_state_dict(load_checkpoint(best_path, s.device)["state_dict"])
-    test = test_fn() if test_fn is not None else evaluate(s, s.test_loader, collect=True, tta=s.cfg.tta)
-    s.curves.submit(state.history, s.run_dir / "curves.png")  # drawn (by the helper) while results are computed
+    s.curves.submit(state.history, s.run_dir / "curves.png")  # drawn (by the helper) while the test set runs
+    test = test_fn() if test_fn is not None else evaluate(s, s.curves.sharing_cores(s.test_loader), collect=True,
+                                                          tta=s.cfg.tta)
     outputs_are_probs = bool(s.net.spec.kwargs.get("final_softmax"))
     rep = metrics.report(test["logits"], test["targets"], test["loss"], s.classes, outputs_are_probs)
     results = {
