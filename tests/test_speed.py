@@ -33,6 +33,12 @@ SMOKE_ARGS: dict[str, list[str] | None] = {
     "flops_floor.py": ["--quick", "--threads", "1"],
 }
 
+# What a script must print besides its environment line.
+SMOKE_EXPECT = {
+    # our seeds run again after the reference, and the ratio uses both rounds
+    "time_to_accuracy.py": ["fast-mnist, after the reference:", "median of both rounds", "before it", "after it"],
+}
+
 
 @pytest.fixture
 def one_thread():
@@ -104,3 +110,5 @@ def test_benchmark_script_runs(script: str, data_dir: Path) -> None:
                        timeout=600)
     assert r.returncode == 0, f"{script} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     assert "environment:" in r.stdout  # every benchmark prints the machine it measured
+    for text in SMOKE_EXPECT.get(script, []):
+        assert text in r.stdout, f"{script} no longer prints {text!r}:\n{r.stdout[-3000:]}"
