@@ -135,27 +135,26 @@ def _print_run(r: ChildRun) -> None:
 
 
 def summarize(recipe: str, result: dict) -> dict:
-    """Mean/min accuracy and median wall time over the warm runs (both rounds), the first run's time."""
-    runs = [r for r in result["runs"] + result.get("after", []) if _acc(r) is not None]
-    accs = [_acc(r) for r in runs]
+    """Mean/min accuracy over the seeds, median wall time over the warm runs (both rounds), the first run's time."""
+    done = [r for r in result["runs"] if _acc(r) is not None]
+    after = [r for r in result.get("after", []) if _acc(r) is not None]
+    accs = [_acc(r) for r in done]
+    timed = done + after
     summary = {
         "recipe": recipe,
-        "seeds": len(runs),
+        "seeds": len(done),
         "mean_acc": statistics.mean(accs) if accs else None,
         "min_acc": min(accs) if accs else None,
-        "median_wall_s": statistics.median(r.wall_s for r in runs) if runs else None,
-        "median_cpu_s": statistics.median(r.cpu_s for r in runs) if runs else None,
+        "median_wall_s": statistics.median(r.wall_s for r in timed) if timed else None,
+        "median_cpu_s": statistics.median(r.cpu_s for r in timed) if timed else None,
         "first_run_wall_s": result["first"].wall_s,
-        "max_rss_mib": max([r.max_rss_mib for r in runs] + [result["first"].max_rss_mib]),
+        "max_rss_mib": max(r.max_rss_mib for r in [result["first"], *result["runs"], *result.get("after", [])]),
         "first_run_same_acc": _acc(result["first"]) == (accs[0] if accs else None),
     }
-    if result.get("after"):
+    if done and after:
         # Same seeds, same numbers: the second round only adds times.
         summary["rounds_same_acc"] = [_acc(r) for r in result["runs"]] == [_acc(r) for r in result["after"]]
-        summary["median_wall_s_rounds"] = [statistics.median(r.wall_s for r in result[k]) for k in ("runs", "after")]
-        accs = accs[: len(result["runs"])]
-        summary.update(seeds=len(accs), mean_acc=statistics.mean(accs) if accs else None,
-                       min_acc=min(accs) if accs else None)
+        summary["median_wall_s_rounds"] = [statistics.median(r.wall_s for r in rs) for rs in (done, after)]
     return summary
 
 
