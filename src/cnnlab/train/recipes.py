@@ -131,8 +131,8 @@ register_recipe(Recipe(
     "fastnet (0.68M mult-adds/image) for one epoch on all 60,000 MNIST images: SGD Nesterov lr 0.6, batch 256, "
     "weight decay 3e-3, one-cycle, label smoothing 0.1, bf16 autocast, channels-last, no augmentation",
     "99.16% mean test accuracy over seeds 0-4 (min 99.09%) in 4.2-5.0 s (median) from process start to a "
-    "finished run folder on 2 CPU cores, 45-58x faster than the PyTorch examples' recipe to 99% (53.3x the "
-    "median of three runs timed before and after it); peak memory ~800 MiB (benchmarks/README.md)",
+    "finished run folder on 2 CPU cores, 45-58x faster than the PyTorch examples' recipe to 99% (50.7-56.6x "
+    "in six runs timed before and after it, median 53.1x); peak memory ~800 MiB (benchmarks/README.md)",
     _FAST | {"dataset": "mnist", "epochs": 1, "batch_size": 256, "lr": 0.6, "weight_decay": 3e-3, "augment": "none"},
 ))
 _WIDE = {  # fastnet at 5.6M mult-adds: a stride-2 5x5 conv to 14x14, a 3x3 conv, max-pool to 7x7, a 3x3 conv to
