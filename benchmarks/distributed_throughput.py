@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import median, print_environment
 
 

@@ -19,8 +19,6 @@ import time
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
-
 from _common import print_environment
 
 CATEGORIES = [  # (category, substrings of op names), first match wins
@@ -63,11 +61,11 @@ def category(name: str) -> str:
 
 
 def recipe_setup(name: str, quick: bool):
-    """The recipe's config and a built Setup (model, optimizer, loaders) in a scratch run folder."""
+    """The recipe's config and its built Job (model, optimizer, loaders) in a scratch run folder."""
     import tempfile
 
-    from cnnlab.train.config import resolve
-    from cnnlab.train.setup import build
+    from cnnlab.training.config import resolve
+    from cnnlab.training.setup import build
 
     settings = {"recipe": name, "out": tempfile.mkdtemp(prefix="cnnlab-floor-"), "quiet": True}
     if quick:
@@ -81,9 +79,10 @@ def flop_budget(cfg, s) -> dict:
     from cnnlab import summary
 
     macs = summary(s.net, tuple(s.net.spec.input_size)).macs
-    train_images = s.train_loader.num_samples if not s.train_loader.drop_last else len(s.train_loader) * cfg.batch_size
-    val_images = len(s.val_loader.targets) if s.val_loader is not None else 0
-    test_images = len(s.test_loader.targets)
+    train = s.data.train
+    train_images = train.num_samples if not train.drop_last else len(train) * cfg.batch_size
+    val_images = len(s.data.val.targets) if s.data.val is not None else 0
+    test_images = len(s.data.test.targets)
     train_flops = 6 * macs * train_images * cfg.epochs
     eval_flops = 2 * macs * (val_images * cfg.epochs + test_images)
     return {"macs": macs, "train_images": train_images, "epochs": cfg.epochs, "val_images": val_images,
@@ -93,19 +92,19 @@ def flop_budget(cfg, s) -> dict:
 
 def profile_steps(cfg, s, steps: int) -> dict:
     """CPU seconds per phase over `steps` training steps, then a torch.profiler op table of as many more."""
-    from cnnlab.train.loop import autocast, compute_loss
+    from cnnlab.training.engine import autocast
 
     model, opt = s.model, s.optimizer
     model.train()
-    batches = iter(s.train_loader)
+    batches = iter(s.data.train)
     phases = defaultdict(float)
 
     def step(timed: bool) -> None:
         c0 = time.process_time()
         x, y = next(batches)
         c1 = time.process_time()
-        with autocast(s):
-            loss, _ = compute_loss(model(x), y, s.single_logit, cfg.label_smoothing)
+        with autocast(s.device, cfg.amp):
+            loss, _ = s.criterion(model(x), y)
         c2 = time.process_time()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,9 +116,9 @@ def profile_steps(cfg, s, steps: int) -> dict:
             for k, v in zip(("data", "forward", "backward", "optimizer"), (c1 - c0, c2 - c1, c3 - c2, c4 - c3)):
                 phases[k] += v
 
-    steps = min(steps, (len(s.train_loader) - 3) // 2)  # 3 warm-up steps, then `steps` timed and `steps` profiled
+    steps = min(steps, (len(s.data.train) - 3) // 2)  # 3 warm-up steps, then `steps` timed and `steps` profiled
     if steps < 1:
-        raise SystemExit(f"{cfg.recipe}: only {len(s.train_loader)} batches per epoch; profiling needs at least 5")
+        raise SystemExit(f"{cfg.recipe}: only {len(s.data.train)} batches per epoch; profiling needs at least 5")
     for _ in range(3):
         step(False)
     w0 = time.perf_counter()
@@ -166,7 +165,7 @@ def main() -> None:
                       f"{cpu:7.1f} GFLOP per CPU-second", flush=True)
     torch.set_num_threads(all_threads)
 
-    from cnnlab.train.recipes import get_recipe, list_recipes
+    from cnnlab.training.recipes import get_recipe, list_recipes
 
     known = {r.name for r in list_recipes()}
     for name in args.recipes:

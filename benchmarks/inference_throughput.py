@@ -24,11 +24,11 @@ from typing import Callable, ContextManager, Iterator
 
 import torch
 import torch.nn.functional as F
+from _common import median, print_environment
 from torch import nn
 
-from _common import median, print_environment
-from cnnlab._text import format_table
 from cnnlab.models import count_parameters, get_model
+from cnnlab.text import format_table
 
 BACKENDS = ("eager", "channels_last", "compile", "torchscript", "onnxruntime")
 LABELS = {"eager": "eager fp32", "channels_last": "channels_last", "compile": "torch.compile",
@@ -106,7 +106,7 @@ def compiled(model: nn.Module, x1: torch.Tensor, xb: torch.Tensor) -> Backend | 
 
 def torchscript(model: nn.Module, x1: torch.Tensor, xb: torch.Tensor) -> Backend | str:
     """trace -> freeze (weights inlined, BN folded) -> optimize_for_inference (oneDNN-prepacked convolutions)."""
-    from cnnlab.export.exporter import quiet_jit
+    from cnnlab.apps.export.runtime import quiet_jit
 
     try:
         t0 = time.perf_counter()
@@ -126,7 +126,7 @@ def torchscript(model: nn.Module, x1: torch.Tensor, xb: torch.Tensor) -> Backend
 
 def onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     """The model exported by cnnlab's exporter (dynamic batch), serialized."""
-    from cnnlab.export.exporter import onnx_model
+    from cnnlab.apps.export.exporter import onnx_model
 
     proto, _, _ = onnx_model(model, example[:2])
     return proto.SerializeToString()
@@ -136,7 +136,7 @@ def ort_session(onnx: bytes, threads: int, optimize: bool = True):
     """An ORT CPU session: `threads` intra-op threads, full graph optimization unless `optimize` is off."""
     import onnxruntime as ort
 
-    from cnnlab.export.onnx_predictor import session_options
+    from cnnlab.apps.export.onnx_predictor import session_options
 
     so = session_options(threads)
     if not optimize:

@@ -14,11 +14,11 @@ import os
 
 import torch
 import torchvision.transforms as T
+from _common import median, print_environment, timed
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import MNIST
 
-from _common import median, print_environment, timed
-from cnnlab._malloc import tune_malloc
+from cnnlab.cli.tuning import tune_malloc
 from cnnlab.data import Augment, BatchLoader, Pipeline, get_dataset, resolve_data_dir
 
 

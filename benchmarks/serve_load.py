@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 import httpx
-
 from _common import print_environment
-from cnnlab._text import format_table
+
+from cnnlab.text import format_table
 
 
 def digit_pngs(n: int) -> list[bytes]:
@@ -157,7 +157,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or (quick_run(tmp) if args.quick else "")
         if not run:
-            from cnnlab.serve.state import default_run
+            from cnnlab.apps.serve.state import default_run
 
             run = str(default_run())
         return measure(run, args.requests, args.clients)

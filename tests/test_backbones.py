@@ -24,10 +24,10 @@ from cnnlab.models.backbones import (
     embed,
     freeze_backbone,
     head_parameters,
-    loss_with_aux,
-    main_and_aux,
 )
+from cnnlab.models.outputs import split_logits
 from cnnlab.models.weights import resolve_weights
+from cnnlab.training.loss import Criterion
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
 
@@ -54,9 +54,10 @@ def test_metadata_matches_torchvision_weights(arch: str) -> None:
     assert info.mean == pytest.approx(tuple(t.mean)) and info.std == pytest.approx(tuple(t.std))
     assert BACKBONES[arch].min_size == meta_weights.meta["min_size"][0]
     assert info.num_classes == len(meta_weights.meta["categories"]) == 1000
-    with torch.device("meta"):  # what `cnnlab models` does: must work and match the weights' architecture
+    with torch.device("meta"):  # shapes only: must work and match the weights' architecture
         model = cnnlab.get_model(arch)  # Inception v3 with its auxiliary head, as torchvision's weights have it
-    assert count_parameters(model) == meta_weights.meta["num_params"]
+    # The count `cnnlab models` shows without building the model (or importing torchvision).
+    assert count_parameters(model) == meta_weights.meta["num_params"] == info.params
 
 
 SMALL = {"inception_v3": 75, "vgg16": 32, "convnext_tiny": 32}
@@ -294,10 +295,11 @@ def test_inception_aux_logits_path_with_both_heads_replaced(tmp_path: Path) -> N
     calibrate_batchnorm(model, x)  # frozen BatchNorm uses running statistics: make them fit the marked weights
     freeze_backbone(model)
     out = model(x)
-    logits, aux = main_and_aux(out)
+    logits, aux = split_logits(out)
     assert logits.shape == (2, 3) and aux is not None and aux.shape == (2, 3)
     ce = nn.functional.cross_entropy
-    loss = loss_with_aux(ce, out, y)
+    loss, main = Criterion()(out, y)  # the training loss: main head + 0.4 x auxiliary head
+    assert main is logits
     torch.testing.assert_close(loss, ce(logits, y) + 0.4 * ce(aux, y))
     loss.backward()
     assert model.AuxLogits.fc.weight.grad is not None and model.fc.weight.grad is not None
@@ -305,7 +307,7 @@ def test_inception_aux_logits_path_with_both_heads_replaced(tmp_path: Path) -> N
 
     model.eval()
     with torch.no_grad():
-        logits, aux = main_and_aux(model(torch.randn(1, 3, 299, 299)))
+        logits, aux = split_logits(model(torch.randn(1, 3, 299, 299)))
     assert logits.shape == (1, 3) and aux is None
 
     # The same torchvision file fits a model built without the auxiliary head.
@@ -326,9 +328,9 @@ def test_inputs_the_networks_cannot_take_are_clear_errors() -> None:
     assert cnnlab.get_model("inception_v3", input_size=(224, 224), aux_logits=False).AuxLogits is None
 
 
-def test_main_and_aux_passes_a_plain_tensor_through() -> None:
+def test_split_logits_passes_a_plain_tensor_through() -> None:
     t = torch.randn(2, 4)
-    logits, aux = main_and_aux(t)
+    logits, aux = split_logits(t)
     assert logits is t and aux is None
     y = torch.tensor([1, 3])
-    torch.testing.assert_close(loss_with_aux(nn.functional.cross_entropy, t, y), nn.functional.cross_entropy(t, y))
+    torch.testing.assert_close(Criterion()(t, y)[0], nn.functional.cross_entropy(t, y))

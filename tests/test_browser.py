@@ -13,8 +13,8 @@ from typing import Iterator
 import pytest
 from PIL import Image
 
-from cnnlab.serve import create_app
-from cnnlab.serve.server import BackgroundServer
+from cnnlab.apps.serve import create_app
+from cnnlab.apps.serve.server import BackgroundServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]

@@ -14,7 +14,7 @@ from PIL import Image
 from cnnlab.cli.main import main
 from cnnlab.conv import conv2d, learn_kernel
 from cnnlab.conv.images import load_image
-from cnnlab.kernels import get_kernel, list_kernels
+from cnnlab.conv.kernels import get_kernel, list_kernels
 from cnnlab.viz.conv import learned_kernel_figure, pipeline_figure
 
 

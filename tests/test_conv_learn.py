@@ -9,8 +9,8 @@ import torch
 
 from cnnlab.conv import conv2d, learn_kernel
 from cnnlab.conv.images import load_image
+from cnnlab.conv.kernels import get_kernel
 from cnnlab.errors import CnnlabError
-from cnnlab.kernels import get_kernel
 
 
 def _photo(photos_dir, name: str, size: int = 48) -> torch.Tensor:

@@ -9,8 +9,8 @@ from PIL import Image
 
 from cnnlab.conv import conv2d, learn_kernel
 from cnnlab.conv.images import load_image
+from cnnlab.conv.kernels import get_kernel
 from cnnlab.errors import CnnlabError
-from cnnlab.kernels import get_kernel
 from cnnlab.viz.conv import kernel_heatmap, learned_kernel_figure, pipeline_figure
 from cnnlab.viz.style import new_figure
 

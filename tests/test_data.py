@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 
 from cnnlab.data import Augment, BatchLoader, Pipeline, get_dataset, get_dataset_info, parse_augment
 from cnnlab.data.augment import affine_grid, random_translate
@@ -296,6 +295,24 @@ def test_large_folder_streams_through_workers(tmp_path: Path) -> None:
     assert len(a) == len(b)
     for (xa, ya), (xb, yb) in zip(a, b):
         assert torch.equal(ya, yb) and torch.allclose(xa, xb)
+
+
+def test_every_split_follows_one_protocol(tmp_path: Path, data_dir: Path) -> None:
+    """Built-in, in-memory folder and streamed folder splits give the same things: uint8 (C, H, W) and an int."""
+    from cnnlab.data import take
+    from cnnlab.data.folder import get_folder_dataset
+
+    _make_folder(tmp_path / "imgs")
+    splits = [get_dataset("mnist", "test", data_dir), get_dataset("digits", "train"),
+              get_dataset(f"folder:{tmp_path / 'imgs'}", "train", image_size=(16, 16)),
+              get_folder_dataset(str(tmp_path / "imgs"), "train", image_size=(16, 16), in_memory_limit=10)]
+    for data in splits:
+        image, target = data[3]
+        assert image.dtype == torch.uint8 and image.dim() == 3 and isinstance(target, int), data
+        assert image.shape[0] == data.info.channels and data.targets.dtype == torch.long
+        images, targets = take(data, [3, 0])
+        assert torch.equal(images[0], image) and targets.tolist() == [target, int(data.targets[0])]
+        assert (data.images is None) == (data is splits[-1])  # held in memory, except the streamed one
 
 
 # ---------------------------------------------------------------- splits, augmentation, cache

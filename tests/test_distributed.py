@@ -26,11 +26,11 @@ import cnnlab
 from cnnlab.cli.main import build_parser, main
 from cnnlab.data import BatchLoader, Pipeline, get_dataset
 from cnnlab.errors import CnnlabError
-from cnnlab.train.checkpoint import load_checkpoint, resume_position
-from cnnlab.train.config import explicit_settings
-from cnnlab.train.distributed import cpu_cores, weights_digest
-from cnnlab.train.launch import launch, settings_to_argv, torchrun_args
-from cnnlab.train.schedule import lr_at
+from cnnlab.training.checkpoint import load_checkpoint, resume_position
+from cnnlab.training.config import explicit_settings
+from cnnlab.training.distributed import cpu_cores, weights_digest
+from cnnlab.training.launch import launch, settings_to_argv, torchrun_args
+from cnnlab.training.schedule import lr_at
 
 # No dropout, no augmentation: 2 ranks x 32 images then see exactly the batches of 1 process x 64 images.
 SETTINGS = dict(model="lenet", dataset="digits", epochs=3, batch_size=32, augment="none", seed=3)

@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 import cnnlab
+from cnnlab.apps.export import ExportMetadata, OnnxPredictor, TorchScriptPredictor, export_run, load_predictor
+from cnnlab.apps.export import exporter as exporter_module
 from cnnlab.cli.main import main
 from cnnlab.data import get_dataset
 from cnnlab.errors import CnnlabError
-from cnnlab.export import ExportMetadata, OnnxPredictor, TorchScriptPredictor, export_run, load_predictor
-from cnnlab.export import exporter as exporter_module
-from cnnlab.train import load_run
+from cnnlab.training import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cnnlab import kernels
+from cnnlab.conv import kernels
 from cnnlab.conv.images import load_image, sample_image, to_gray
-from cnnlab.errors import CnnlabError
-from cnnlab.kernels import (
+from cnnlab.conv.kernels import (
     activate,
     apply_kernel,
     conv_activate_pool,
@@ -21,6 +20,7 @@ from cnnlab.kernels import (
     parse_kernel,
     pool,
 )
+from cnnlab.errors import CnnlabError
 
 REQUIRED = {
     "identity", "box_blur", "gaussian", "sharpen", "sobel_x", "sobel_y", "prewitt_x", "prewitt_y",

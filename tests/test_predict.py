@@ -12,7 +12,7 @@ from PIL import Image
 
 from cnnlab.cli.main import main
 from cnnlab.data import get_dataset
-from cnnlab.train import load_run
+from cnnlab.training import load_run
 
 
 def _digit(index: int = 0) -> tuple[np.ndarray, str]:

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 import cnnlab
+from cnnlab.apps.report import build_report, render_report
 from cnnlab.cli.main import main
 from cnnlab.errors import CnnlabError
-from cnnlab.report import build_report, render_report
 
 VOID = {"meta", "img", "br", "hr", "input", "link", "source", "wbr", "area", "base", "col", "embed", "track"}
 

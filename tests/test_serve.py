@@ -25,18 +25,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 import cnnlab
-from cnnlab.serve import create_app
-from cnnlab.serve import state as serve_state
-from cnnlab.serve.server import BackgroundServer, free_port
-from cnnlab.serve.uploads import BodySizeLimit
-from cnnlab.train.run import load_run
+from cnnlab.apps.serve import create_app
+from cnnlab.apps.serve import state as serve_state
+from cnnlab.apps.serve.server import BackgroundServer, free_port
+from cnnlab.apps.serve.uploads import BodySizeLimit
+from cnnlab.training.run import load_run
 
 with warnings.catch_warnings():
     # Starlette suggests its httpx2 fork for the TestClient; httpx is what the project installs and tests with.
     warnings.filterwarnings("ignore", message=".*httpx2")
     from fastapi.testclient import TestClient
 
-STATIC = Path(cnnlab.__file__).parent / "serve" / "static"
+STATIC = Path(cnnlab.__file__).parent / "apps" / "serve" / "static"
 
 
 # ---------------------------------------------------------------- helpers
@@ -471,7 +471,7 @@ def test_invalid_convolve_parameters_get_422(client: TestClient, fields: dict, w
 
 def test_serve_an_exported_model(digits_run: Path, tmp_path: Path, digits) -> None:
     """An exported file predicts like its run; feature maps and Grad-CAM need the PyTorch run (501)."""
-    from cnnlab.export import export_run
+    from cnnlab.apps.export import export_run
 
     path = export_run(digits_run, "torchscript", out=tmp_path / "lenet.torchscript").path
     exported = TestClient(create_app(path))
@@ -495,7 +495,7 @@ def test_an_unexpected_failure_is_a_json_500_and_the_server_goes_on(digits_run: 
         def logits(self, x):
             raise RuntimeError("out of cheese")
 
-    from cnnlab.serve.state import ServedModel
+    from cnnlab.apps.serve.state import ServedModel
 
     broken = TestClient(create_app(model=ServedModel(Broken(load_run(digits_run)), "a broken model")),
                         raise_server_exceptions=False)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import cnnlab
-from cnnlab.train.config import resolve
+from cnnlab.training.config import resolve
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from cnnlab.training.engine import NonFiniteLoss
 
 import cnnlab
 from cnnlab.errors import CnnlabError
-from cnnlab.train import TrainConfig, load_run
-from cnnlab.train.checkpoint import load_checkpoint
-from cnnlab.train.config import FIELDS, resolve
-from cnnlab.train.loop import NonFiniteLoss
-from cnnlab.train.schedule import lr_at
+from cnnlab.training import TrainConfig, load_run
+from cnnlab.training.checkpoint import load_checkpoint
+from cnnlab.training.config import FIELDS, resolve
+from cnnlab.training.schedule import lr_at
 
 QUIET = {"quiet": True}
 
@@ -101,7 +101,7 @@ def test_resume_can_extend_epochs_but_not_change_the_model(tmp_path: Path) -> No
 def test_sigkill_while_writing_a_checkpoint_leaves_a_loadable_one(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import torch
-        from cnnlab.train.checkpoint import save_checkpoint
+        from cnnlab.training.checkpoint import save_checkpoint
         big = torch.randn(4_000_000)  # 16 MB: each write takes a while, so kills land mid-write
         i = 0
         while True:
@@ -251,7 +251,7 @@ def test_recipe_is_overridden_by_explicit_settings() -> None:
 def test_every_setting_has_a_cli_flag_and_help() -> None:
     import argparse
 
-    from cnnlab.train.config import add_arguments
+    from cnnlab.training.config import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -259,7 +259,7 @@ def test_every_setting_has_a_cli_flag_and_help() -> None:
     assert set(FIELDS) <= flags
     assert all(f.metadata["help"] for f in FIELDS.values())
     args = parser.parse_args(["--batch-size", "32", "--no-normalize", "--model-kwargs", '{"pool2": "avg"}'])
-    from cnnlab.train.config import explicit_settings
+    from cnnlab.training.config import explicit_settings
 
     assert explicit_settings(args) == {"batch_size": 32, "normalize": False, "model_kwargs": {"pool2": "avg"}}
     assert TrainConfig().model == "lenet"
@@ -296,7 +296,7 @@ def test_tuned_malloc_keeps_step_sized_buffers_out_of_fresh_mappings() -> None:
     """In a fresh process glibc maps a 4 MiB tensor anew (and unmaps it on free); after tune_malloc() it does not."""
     probe = textwrap.dedent("""
         import ctypes, torch
-        from cnnlab._malloc import tune_malloc
+        from cnnlab.cli.tuning import tune_malloc
 
         class Info(ctypes.Structure):  # glibc's struct mallinfo2
             _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
@@ -318,7 +318,7 @@ def test_tuned_malloc_keeps_step_sized_buffers_out_of_fresh_mappings() -> None:
 
 
 def test_top1_is_the_accuracy_when_logits_tie() -> None:
-    from cnnlab.train import metrics
+    from cnnlab.training import metrics
 
     # bf16 logits tie now and then: argmax takes the first tied class, and so must top-1 (and top-k's order).
     # The first row is fast-mnist's test image 674 (a 5): torch's topk took the 5, argmax the 3.
@@ -332,3 +332,18 @@ def test_top1_is_the_accuracy_when_logits_tie() -> None:
     assert metrics.topk_accuracy(logits, targets, 2) == 1.0  # row 3: class 9 ties class 0 and ranks second
     single = metrics.report(torch.tensor([[0.0], [1.0], [-1.0]]), torch.tensor([1, 1, 0]), 0.0, ("no", "yes"))
     assert single.topk[1] == single.accuracy == pytest.approx(2 / 3)  # logit 0: "no", by the rule logit > 0 and by the tie
+
+
+def test_eval_reports_exactly_what_the_run_reported(tmp_path: Path, capsys) -> None:
+    """Trained under bf16 autocast, or a model ending in softmax: `cnnlab eval` on the checkpoint gives the run's
+    own test accuracy and loss, to the digit (one evaluation core, float32, one loss definition)."""
+    from cnnlab.cli.main import main
+
+    cases = {"bf16": {"amp": "bf16"}, "softmax": {"model": "mlp", "model_kwargs": {"final_softmax": True}}}
+    for name, extra in cases.items():
+        run = cnnlab.train(epochs=2, subset=400, out=str(tmp_path / name), quiet=True, **extra)
+        capsys.readouterr()
+        assert main(["eval", str(tmp_path / name), "--json"]) == 0
+        ev = json.loads(capsys.readouterr().out)
+        assert (ev["test_acc"], ev["test_loss"]) == (run.results["test_acc"], run.results["test_loss"]), name
+        assert ev["per_class"] == run.results["per_class"]

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from test_folder_e2e import PHOTOS, make_photo_folder, one_torch_thread  # noqa: F401 (a fixture, used by name)
 from torch import nn
 
 import cnnlab
 from cnnlab.cli.main import main
 from cnnlab.errors import CnnlabError
-from cnnlab.train import features
-from cnnlab.train.checkpoint import load_checkpoint
-from test_folder_e2e import PHOTOS, make_photo_folder, one_torch_thread  # noqa: F401 (a fixture, used by name)
+from cnnlab.training import features
+from cnnlab.training.checkpoint import load_checkpoint
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
 
@@ -204,9 +204,9 @@ def test_feature_extraction_fits_a_head_in_seconds_and_reuses_its_cache(
     calls: list[str] = []
     real_embed = features.embed_split
 
-    def counting_embed(s, data, label, out):
+    def counting_embed(job, data, label, quiet):
         calls.append(label)
-        return real_embed(s, data, label, out)
+        return real_embed(job, data, label, quiet)
 
     monkeypatch.setattr(features, "embed_split", counting_embed)
     settings = dict(model="resnet18", dataset=f"folder:{five}", input_size="64x64", feature_extraction=True,
@@ -218,7 +218,7 @@ def test_feature_extraction_fits_a_head_in_seconds_and_reuses_its_cache(
     assert len(cache_files) == 3 and sorted(str(p) for p in cache_files) == sorted(
         c["file"] for c in info["cache"].values())
     assert not any(c["hit"] for c in info["cache"].values()) and info["features"] == 512
-    assert info["fit_seconds"] < 5  # the promise: seconds (measured: about 0.02 s on one CPU thread)
+    assert first.results["train_seconds"] < 5  # the promise: seconds for the head (measured: about 0.1 s)
     assert first.results["test_acc"] >= 0.85  # 20 test images of 5 classes, chance is 0.2
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["config"]["feature_extraction"] and config["resolved"]["augment"] == "none"

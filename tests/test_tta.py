@@ -12,13 +12,13 @@ from PIL import Image
 from torch import nn
 
 import cnnlab
+from cnnlab.apps.serve import create_app
 from cnnlab.cli.main import main
 from cnnlab.data import get_dataset
 from cnnlab.errors import CnnlabError
-from cnnlab.serve import create_app
-from cnnlab.train.evaluation import evaluate_run
-from cnnlab.train.run import load_run
-from cnnlab.train.tta import check_tta, dataset_flip_ok, with_tta
+from cnnlab.training.evaluation import evaluate_run
+from cnnlab.training.run import load_run
+from cnnlab.training.tta import check_tta, dataset_flip_ok, with_tta
 
 
 def test_flip_tta_makes_the_outputs_mirror_invariant() -> None:

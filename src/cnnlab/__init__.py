@@ -1,18 +1,27 @@
-"""cnnlab: convolutional neural networks for image classification: learn the math, train, inspect, ship."""
+"""cnnlab: convolutional neural networks for image classification: learn the math, train, inspect, ship.
+
+`import cnnlab` is light: torch and the rest load when a name below is first used.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+
+from cnnlab.lazy import lazy_exports
 
 try:
     __version__ = version("cnnlab")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+src"
 
-from cnnlab._gc import gc_paused as _gc_paused  # noqa: E402
-
-with _gc_paused():  # torch's import creates ~400,000 long-lived objects: no point walking them during it
-    from cnnlab.inspect.summary import summary  # noqa: E402
-    from cnnlab.models import get_model, list_models, register_model  # noqa: E402
-    from cnnlab.train import TrainConfig, load_run  # noqa: E402
-    from cnnlab.train import train as train  # noqa: E402  (the function shadows the subpackage's name on purpose)
-
-__all__ = ["TrainConfig", "__version__", "get_model", "list_models", "load_run", "register_model", "summary", "train"]
+_EXPORTS = {
+    "train": "cnnlab.training.api",
+    "resume": "cnnlab.training.api",
+    "TrainConfig": "cnnlab.training.config",
+    "load_run": "cnnlab.training.run",
+    "get_model": "cnnlab.models",
+    "list_models": "cnnlab.models",
+    "register_model": "cnnlab.models",
+    "summary": "cnnlab.inspect.summary",
+    "explain": "cnnlab.apps.explain",
+}
+__all__ = ["__version__", *_EXPORTS]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.show:
         return show(args)
-    from cnnlab._text import format_table
     from cnnlab.data import get_dataset_info, is_present, list_datasets, resolve_data_dir
+    from cnnlab.text import format_table
 
     root = resolve_data_dir(args.data_dir)
     records = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cnnlab.train.tta import TTA_MODES
+from cnnlab.training.config import TTA_MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,10 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cnnlab._io import atomic_write_json
-    from cnnlab._text import format_table
-    from cnnlab.train.evaluation import evaluate_run
-    from cnnlab.train.run import load_run
+    from cnnlab.files import atomic_write_json
+    from cnnlab.text import format_table
+    from cnnlab.training.evaluation import evaluate_run
+    from cnnlab.training.run import load_run
 
     r = load_run(args.run)
     result = evaluate_run(r, dataset=args.dataset, split=args.split, data_dir=args.data_dir,

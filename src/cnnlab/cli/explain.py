@@ -44,10 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from cnnlab.apps.explain import explain, subject_from_model, subject_from_run
     from cnnlab.errors import CnnlabError
-    from cnnlab.inspect.explain import explain, subject_from_model, subject_from_run
     from cnnlab.models import parse_input_size
-    from cnnlab.train.run import load_run
+    from cnnlab.training.run import load_run
 
     if (args.run is None) == (args.model is None):
         raise CnnlabError("give a run folder or --model NAME (not both): cnnlab explain RUN IMAGE, "

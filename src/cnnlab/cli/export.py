@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.export import export_run
+    from cnnlab.apps.export import export_run
 
     r = export_run(args.run, format=args.format, out=args.out, opset=args.opset, check=args.check,
                    check_images=args.check_images, exporter=args.exporter)

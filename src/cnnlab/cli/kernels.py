@@ -57,7 +57,7 @@ def _matrix(k) -> list[str]:
 
 def list_text() -> str:
     """Every named kernel: name, parameters, what it does, and its numbers at the default parameters."""
-    from cnnlab.kernels import get_kernel, kernel_info, list_kernels
+    from cnnlab.conv.kernels import get_kernel, kernel_info, list_kernels
 
     blocks = []
     for name in list_kernels():
@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cnnlab.conv.images import load_image, sample_image
+    from cnnlab.conv.kernels import conv_activate_pool, parse_kernel
     from cnnlab.errors import CnnlabError
-    from cnnlab.kernels import conv_activate_pool, parse_kernel
     from cnnlab.viz.conv import pipeline_figure
     from cnnlab.viz.style import save_figure
 

@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     from cnnlab.conv import conv2d, learn_kernel
     from cnnlab.conv.images import load_image, sample_image
+    from cnnlab.conv.kernels import parse_kernel
     from cnnlab.errors import CnnlabError
-    from cnnlab.kernels import parse_kernel
     from cnnlab.viz.conv import learned_kernel_figure
     from cnnlab.viz.style import save_figure
 

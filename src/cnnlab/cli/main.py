@@ -11,7 +11,7 @@ import sys
 from typing import NoReturn
 
 from cnnlab import __version__
-from cnnlab._malloc import tune_malloc
+from cnnlab.cli.tuning import tune_malloc
 from cnnlab.errors import CnnlabError
 
 # One module per command, in the order `cnnlab --help` lists them.

@@ -19,17 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from cnnlab._text import format_table, human_count, shape_text
     from cnnlab.models import count_parameters, get_model, get_model_info, list_models
+    from cnnlab.text import format_table, human_count, shape_text
 
     names = list_models(args.pattern)
     records = []
     for name in names:
         info = get_model_info(name)
-        with torch.device("meta"):  # shapes only: counts parameters without allocating them
-            params = count_parameters(get_model(name))
+        # Built to be counted: our own models are small; torchvision's carry their count (building them would
+        # import torchvision, and on the meta device BatchNorm imports torch._dynamo: a second or more each time).
+        params = info.params if info.params is not None else count_parameters(get_model(name))
         records.append(
             {
                 "name": name,

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from cnnlab.train.tta import TTA_MODES
+from cnnlab.training.config import TTA_MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,8 +43,8 @@ def expand(paths: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnnlab.apps.export import load_predictor
     from cnnlab.data.images import BadImageError
-    from cnnlab.export import load_predictor
 
     predictor = load_predictor(args.run)
     files = expand(args.images)

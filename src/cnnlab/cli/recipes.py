@@ -1,4 +1,4 @@
-"""`cnnlab recipes`: the named training presets and what each is expected to reach."""
+"""`cnnlab recipes`: the named training presets, and each one's settings as flags you can paste."""
 
 from __future__ import annotations
 
@@ -8,16 +8,23 @@ import textwrap
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recipes", help="list named training presets with their expected results",
-                       description="List the presets for `cnnlab train --recipe NAME`, their settings and the "
-                       "result each is expected to reach.")
+    p = sub.add_parser("recipes", help="list named training presets",
+                       description="List the presets for `cnnlab train --recipe NAME` and what each is; with a name, "
+                       "its settings as `cnnlab train` flags. What each reaches, measured, is in the README's recipe "
+                       "table (and benchmarks/README.md for the speed recipes).",
+                       epilog="examples:\n  cnnlab recipes\n  cnnlab recipes fast-mnist\n"
+                       "  cnnlab train --recipe fast-mnist --seed 3",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", nargs="?", help="show one recipe's settings in full")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.train.recipes import get_recipe, list_recipes
+    import shlex
+
+    from cnnlab.training.launch import settings_to_argv
+    from cnnlab.training.recipes import get_recipe, list_recipes
 
     recipes = [get_recipe(args.name)] if args.name else list_recipes()
     if args.json:
@@ -25,10 +32,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for r in recipes:
         print(f"{r.name}\n" + textwrap.indent(textwrap.fill(r.description, 96), "    "))
-        print(f"    expected: {r.expected}")
-        if args.name:
-            for k, v in r.settings.items():
-                print(f"    --{k.replace('_', '-')} {json.dumps(v) if isinstance(v, dict) else v}")
+        if args.name:  # the same run spelled out: flags that paste into a shell
+            print("\n    cnnlab train " + " \\\n        ".join(shlex.quote(a) for a in settings_to_argv(r.settings)))
         print()
     if not args.name:
         print("use: cnnlab train --recipe NAME [options that override it]")

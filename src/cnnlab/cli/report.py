@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnnlab.apps.report import build_report
     from cnnlab.errors import CnnlabError
-    from cnnlab.report import build_report
 
     if args.mistakes < 0 or args.images < 0:
         raise CnnlabError("--mistakes and --images cannot be negative")

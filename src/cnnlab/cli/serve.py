@@ -32,9 +32,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from cnnlab.serve.app import create_app
-        from cnnlab.serve.state import ServedModel, default_run_dir
-        from cnnlab.serve.uploads import MAX_PIXELS
+        from cnnlab.apps.serve.app import create_app
+        from cnnlab.apps.serve.state import ServedModel, default_run_dir
+        from cnnlab.apps.serve.uploads import MAX_PIXELS
     except ImportError as exc:
         raise CnnlabError(f"serving needs the serve extra ({exc.name} is missing): pip install 'cnnlab[serve]'") \
             from None

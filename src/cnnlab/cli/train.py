@@ -1,4 +1,4 @@
-"""`cnnlab train`: train a model; every option mirrors a field of cnnlab.train.TrainConfig."""
+"""`cnnlab train`: train a model; every option mirrors a field of cnnlab.training.TrainConfig."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cnnlab.train.config import add_arguments
+    from cnnlab.training.config import add_arguments
 
     p = sub.add_parser(
         "train",
@@ -25,12 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.train import train
-    from cnnlab.train.config import explicit_settings
+    from cnnlab.training import train
+    from cnnlab.training.config import explicit_settings
 
     settings = explicit_settings(args)
     if settings.get("nproc", 1) > 1:
-        from cnnlab.train.launch import launch
+        from cnnlab.training.launch import launch
 
         return launch(settings)
     result = train(**settings)

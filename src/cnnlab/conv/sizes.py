@@ -131,7 +131,7 @@ def output_sizes(n: int, layers: Sequence[Layer | Mapping[str, int] | Sequence[i
 
 def explain_output_sizes(n: int, layers: Sequence[Layer | Mapping[str, int] | Sequence[int] | str]) -> str:
     """A table of the chain: each layer's numbers and its worked formula."""
-    from cnnlab._text import format_table
+    from cnnlab.text import format_table
 
     parsed = [as_layer(spec) for spec in layers]
     sizes = output_sizes(n, parsed)

@@ -1,11 +1,12 @@
 """Datasets: a registry of built-in ones, your own image folders, and fast in-memory batches."""
 
 from cnnlab.data.augment import Augment, parse_augment
+from cnnlab.data.dataset import ImageData, ImageDataset, take
 from cnnlab.data.info import DatasetInfo
 from cnnlab.data.loader import BatchLoader
 from cnnlab.data.paths import resolve_data_dir
 from cnnlab.data.pipeline import Pipeline
-from cnnlab.data.registry import ImageData, get_dataset, get_dataset_info, is_present, list_datasets
+from cnnlab.data.registry import get_dataset, get_dataset_info, is_present, list_datasets
 from cnnlab.data.sources import DatasetNotFoundError
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetNotFoundError",
     "ImageData",
+    "ImageDataset",
     "Pipeline",
     "get_dataset",
     "get_dataset_info",
@@ -21,4 +23,5 @@ __all__ = [
     "list_datasets",
     "parse_augment",
     "resolve_data_dir",
+    "take",
 ]

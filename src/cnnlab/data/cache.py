@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from cnnlab._io import atomic_save
 from cnnlab.data.paths import decoded_cache_dir
+from cnnlab.files import atomic_save
 
 CACHE_FORMAT = 1  # bump when the decoded layout changes, so old caches are ignored
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from cnnlab.data.cache import cached, source_key
+from cnnlab.data.dataset import ImageData
 from cnnlab.data.images import BadImageError, image_to_tensor, is_single_channel, list_image_files, open_image
 from cnnlab.data.info import DatasetInfo
-from cnnlab.data.registry import ImageData
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import CnnlabError
 
@@ -139,6 +139,8 @@ def folder_splits(scan: FolderScan, val_size: int | float | None, split_seed: in
 
 class FolderStream(torch.utils.data.Dataset):
     """A folder split too large for memory: each item is decoded from disk when asked for."""
+
+    images = None  # not held in memory (see cnnlab.data.dataset.ImageDataset)
 
     def __init__(self, files: list[Path], targets: list[int], info: DatasetInfo, split: str,
                  image_size: tuple[int, int]):

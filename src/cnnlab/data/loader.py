@@ -25,13 +25,17 @@ def _seed(*parts: int) -> int:
 
 
 class BatchLoader:
-    """Shuffled (or ordered), augmented, normalized batches as (x float, y int64) on `device`."""
+    """Shuffled (or ordered), augmented, normalized batches as (x float, y int64) on `device`.
+
+    `data` is a dataset split (cnnlab.data.ImageDataset). With `pipeline=None` the stored tensors are the batches
+    as they are (feature extraction batches embeddings this way).
+    """
 
     def __init__(
         self,
         data,
         batch_size: int,
-        pipeline: Pipeline,
+        pipeline: Pipeline | None,
         *,
         augment: Augment | None = None,
         shuffle: bool = False,
@@ -51,13 +55,13 @@ class BatchLoader:
         self.channels_last, self.num_workers = channels_last, num_workers
         self.data = data
         self.targets = data.targets.to(self.device)
-        self.streaming = not hasattr(data, "images")
+        self.streaming = data.images is None
         self.images = None if self.streaming else self._prepare_images(data.images)
         self.epoch, self.position, self._start = 0, 0, 0
 
     def _prepare_images(self, images: torch.Tensor) -> torch.Tensor:
         """Move the uint8 tensor to the device, converted once to the model's size when that fits in memory."""
-        if self.pipeline.needs_convert(images.shape):
+        if self.pipeline is not None and self.pipeline.needs_convert(images.shape):
             n = len(images)
             out_bytes = n * self.pipeline.channels * self.pipeline.size[0] * self.pipeline.size[1]
             if out_bytes <= MEMORY_LIMIT:
@@ -114,15 +118,19 @@ class BatchLoader:
         start, self._start = self._start, 0
         source = self._stream(batches, start) if self.streaming else self._memory(batches, start)
         for b, (images, targets) in enumerate(source, start=start):
-            x = self.pipeline.convert(images).float().div_(255.0)
-            if self.augment is not None:
-                x = self.augment(x, torch.Generator().manual_seed(self._augment_seed(b)))
-            x = self.pipeline.normalize(x)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             self.position = b + 1
-            yield x, targets
+            yield (images if self.pipeline is None else self._model_input(images, b)), targets
         self.position = 0
+
+    def _model_input(self, images: torch.Tensor, batch: int) -> torch.Tensor:
+        """uint8 images -> the model's size and channels -> [0, 1] -> augmented -> normalized."""
+        x = self.pipeline.convert(images).float().div_(255.0)
+        if self.augment is not None:
+            x = self.augment(x, torch.Generator().manual_seed(self._augment_seed(batch)))
+        x = self.pipeline.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def _augment_seed(self, batch: int) -> int:
         """The seed of a batch's augmentation: other ranks draw their own (rank 0 keeps the one-process stream)."""

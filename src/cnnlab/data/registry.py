@@ -12,6 +12,7 @@ import torch
 
 from cnnlab.data import sources
 from cnnlab.data.cache import cached, source_key
+from cnnlab.data.dataset import ImageData
 from cnnlab.data.info import DatasetInfo
 from cnnlab.data.paths import resolve_data_dir
 from cnnlab.data.split import stratified_split
@@ -107,29 +108,6 @@ _add(
     ),
     sources.read_svhn, sources.svhn_files,
 )
-
-
-class ImageData(torch.utils.data.Dataset):
-    """One split held in memory: uint8 images (N, C, H, W), int64 targets, and the dataset's info."""
-
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, info: DatasetInfo, split: str,
-                 indices: torch.Tensor | None = None):
-        self.images, self.targets, self.info, self.split = images, targets, info, split
-        self.indices = indices if indices is not None else torch.arange(len(targets))  # rows of the source split
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i].float() / 255.0, int(self.targets[i])
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return self.info.classes
-
-    def __repr__(self) -> str:
-        c, h, w = self.images.shape[1:]
-        return f"ImageData({self.info.name!r}, split={self.split!r}, n={len(self)}, image={c}x{h}x{w})"
 
 
 def list_datasets() -> list[str]:

@@ -1,21 +1,18 @@
 """Look inside a network: layer summaries, captured activations, attributions."""
 
-from cnnlab.inspect._layers import get_layer, layer_kind
-from cnnlab.inspect.explain import Explanation, explain  # the function shadows its module's name on purpose
 from cnnlab.inspect.features import FeatureExtractor, Features, select_layers
 from cnnlab.inspect.gradcam import GradCAM, find_target_layer
+from cnnlab.inspect.layers import get_layer, layer_kind
 from cnnlab.inspect.saliency import saliency
 from cnnlab.inspect.summary import LayerRow, ShapeMismatchError, Summary, summary
 
 __all__ = [
-    "Explanation",
     "FeatureExtractor",
     "Features",
     "GradCAM",
     "LayerRow",
     "ShapeMismatchError",
     "Summary",
-    "explain",
     "find_target_layer",
     "get_layer",
     "layer_kind",

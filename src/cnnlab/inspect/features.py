@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from cnnlab.errors import CnnlabError
-from cnnlab.inspect._layers import (
+from cnnlab.inspect.layers import (
     ACTIVATION_TYPES,
     CONV_TYPES,
     POOL_TYPES,

@@ -10,17 +10,17 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from cnnlab.errors import CnnlabError
-from cnnlab.inspect._layers import (
+from cnnlab.inspect.layers import (
     as_batch,
     first_tensor,
     get_layer,
     layer_name,
-    logits_of,
     model_device,
     resolve_targets,
     restore_modes,
     save_modes,
 )
+from cnnlab.models.outputs import split_logits
 
 Target = int | Sequence[int] | torch.Tensor | None
 
@@ -170,7 +170,7 @@ class GradCAM:
             with torch.inference_mode(False), torch.enable_grad():
                 # The input asks for gradients, so frozen parameters (requires_grad=False) still give them.
                 inp = x.detach().to(model_device(self.model)).clone().requires_grad_(True)
-                logits = logits_of(self.model, inp)
+                logits = split_logits(self.model(inp))[0]
                 targets = resolve_targets(target, logits)
                 score = logits.gather(1, targets[:, None].to(logits.device)).sum()
                 # autograd.grad, not backward(): no parameter .grad is filled in.

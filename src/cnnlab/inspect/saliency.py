@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.inspect._layers import as_batch, logits_of, model_device, resolve_targets, restore_modes, save_modes
 from cnnlab.inspect.gradcam import Target, normalize_maps
+from cnnlab.inspect.layers import as_batch, model_device, resolve_targets, restore_modes, save_modes
+from cnnlab.models.outputs import split_logits
 
 
 def saliency(model: nn.Module, x: torch.Tensor, target: Target = None) -> torch.Tensor:
@@ -18,7 +19,7 @@ def saliency(model: nn.Module, x: torch.Tensor, target: Target = None) -> torch.
         # Attribution needs a graph even when the caller runs under no_grad or inference_mode.
         with torch.inference_mode(False), torch.enable_grad():
             inp = x.detach().to(model_device(model)).clone().requires_grad_(True)
-            logits = logits_of(model, inp)
+            logits = split_logits(model(inp))[0]
             targets = resolve_targets(target, logits)
             score = logits.gather(1, targets[:, None].to(logits.device)).sum()
             # autograd.grad, not backward(): the parameters' .grad stays as it was.

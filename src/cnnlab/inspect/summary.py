@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.inspect._layers import first_tensor
+from cnnlab.inspect.layers import first_tensor
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _POOL = (nn.MaxPool2d, nn.AvgPool2d)
@@ -156,6 +156,70 @@ def _macs(module: nn.Module, out: torch.Tensor) -> int:
     return 0
 
 
+class _LayerRecorder:
+    """Hooks on every leaf layer, in one context manager: one LayerRow per call, with the shapes it saw (a layer
+    used twice counts its parameters once); `stack` holds the layers still running when a call fails."""
+
+    def __init__(self, model: nn.Module):
+        self.leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+        self.rows: list[LayerRow] = []
+        self.stack: list[tuple[str, nn.Module, tuple[int, ...] | None]] = []
+        self._seen: set[int] = set()
+        self._handles: list = []
+
+    def __enter__(self) -> "_LayerRecorder":
+        for name, module in self.leaves:
+            self._handles.append(module.register_forward_pre_hook(self._enter(name)))
+            self._handles.append(module.register_forward_hook(self._leave(name)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def _enter(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            t = first_tensor(args)
+            self.stack.append((name, module, tuple(t.shape[1:]) if t is not None else None))
+
+        return hook
+
+    def _leave(self, name: str):
+        def hook(module: nn.Module, args: tuple, out: Any) -> None:
+            _, _, in_shape = self.stack.pop()
+            self.rows.append(self._row(name, module, in_shape, first_tensor(out)))
+
+        return hook
+
+    def _row(self, name: str, module: nn.Module, in_shape: tuple[int, ...] | None, t: torch.Tensor | None) -> LayerRow:
+        first = id(module) not in self._seen
+        self._seen.add(id(module))
+        formulas, dropped = _formulas(module, in_shape) if in_shape else ([], 0)
+        return LayerRow(
+            name=name,
+            type=type(module).__name__,
+            depth=name.count("."),
+            input_shape=in_shape,
+            output_shape=tuple(t.shape[1:]) if t is not None else None,
+            params=sum(p.numel() for p in module.parameters()) if first else 0,
+            trainable=sum(p.numel() for p in module.parameters() if p.requires_grad) if first else 0,
+            macs=_macs(module, t) if t is not None else 0,
+            formulas=formulas,
+            dropped=dropped,
+        )
+
+    def failure(self, input_size: tuple[int, ...], exc: Exception) -> "ShapeMismatchError":
+        """The error of a failed pass: in a layer (the innermost still running), or between layers."""
+        if self.stack:
+            name, module, in_shape = self.stack[-1]
+            return ShapeMismatchError(self.rows, name, explain_mismatch(name, module, in_shape, input_size, exc))
+        # Failed in a functional op between layers (a view, a cat, a residual add).
+        name = self.rows[-1].name if self.rows else "the input"
+        out = _shape(self.rows[-1].output_shape) if self.rows else _shape(input_size)
+        return ShapeMismatchError(self.rows, name, f"Forward pass failed after {name} (output {out}): "
+                                                   f"{_first_line(exc)}")
+
+
 def summary(
     model: nn.Module,
     input_size: Sequence[int] | None = None,
@@ -171,75 +235,23 @@ def summary(
     input_size = tuple(int(v) for v in input_size)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
-    rows: list[LayerRow] = []
-    stack: list[tuple[str, nn.Module, tuple[int, ...] | None]] = []
-    seen: set[int] = set()
-
-    def pre_hook(name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            t = first_tensor(args)
-            stack.append((name, module, tuple(t.shape[1:]) if t is not None else None))
-
-        return hook
-
-    def post_hook(name: str):
-        def hook(module: nn.Module, args: tuple, out: Any) -> None:
-            _, _, in_shape = stack.pop()
-            t = first_tensor(out)
-            first = id(module) not in seen
-            seen.add(id(module))
-            params = sum(p.numel() for p in module.parameters()) if first else 0
-            trainable = sum(p.numel() for p in module.parameters() if p.requires_grad) if first else 0
-            formulas, dropped = _formulas(module, in_shape) if in_shape else ([], 0)
-            rows.append(
-                LayerRow(
-                    name=name,
-                    type=type(module).__name__,
-                    depth=name.count("."),
-                    input_shape=in_shape,
-                    output_shape=tuple(t.shape[1:]) if t is not None else None,
-                    params=params,
-                    trainable=trainable,
-                    macs=_macs(module, t) if t is not None else 0,
-                    formulas=formulas,
-                    dropped=dropped,
-                )
-            )
-
-        return hook
-
-    handles = []
-    for name, module in leaves:
-        handles.append(module.register_forward_pre_hook(pre_hook(name)))
-        handles.append(module.register_forward_hook(post_hook(name)))
     was_training = model.training
     model.eval()
     try:
-        x = torch.zeros(batch_size, *input_size, device=device)
-        with torch.no_grad():
-            model(x)
+        with _LayerRecorder(model) as recorder, torch.no_grad():
+            model(torch.zeros(batch_size, *input_size, device=device))
     except (RuntimeError, ValueError) as exc:
-        if stack:
-            name, module, in_shape = stack[-1]
-            message = explain_mismatch(name, module, in_shape, input_size, exc)
-        else:  # failed in a functional op between layers (a view, a cat, a residual add)
-            name = rows[-1].name if rows else "the input"
-            out = _shape(rows[-1].output_shape) if rows else _shape(input_size)
-            message = f"Forward pass failed after {name} (output {out}): {_first_line(exc)}"
-        raise ShapeMismatchError(rows, name, message) from exc
+        raise recorder.failure(input_size, exc) from exc
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     params = list(model.parameters())
     return Summary(
-        rows=rows,
+        rows=recorder.rows,
         input_size=input_size,
         total_params=sum(p.numel() for p in params),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
-        macs=sum(r.macs for r in rows),
-        activation_bytes=sum(math.prod(r.output_shape) * 4 for r in rows if r.output_shape),
+        macs=sum(r.macs for r in recorder.rows),
+        activation_bytes=sum(math.prod(r.output_shape) * 4 for r in recorder.rows if r.output_shape),
         param_bytes=sum(p.numel() * p.element_size() for p in params),
     )
 

@@ -28,6 +28,7 @@ class ModelInfo:
     std: tuple[float, ...] | None = None
     fixed_input: bool = False  # True when the input size cannot change (e.g. a hard-coded flatten)
     tags: tuple[str, ...] = ()
+    params: int | None = None  # parameters at the default size, where building the model just to count is costly
 
 
 @dataclass
@@ -68,6 +69,7 @@ def register_model(
     std: tuple[float, ...] | None = None,
     fixed_input: bool = False,
     tags: tuple[str, ...] = (),
+    params: int | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator adding a builder `fn(num_classes, input_size, **kwargs) -> nn.Module` to the registry."""
 
@@ -75,7 +77,7 @@ def register_model(
         if name in _REGISTRY:
             raise ValueError(f"a model named {name!r} is already registered")
         _REGISTRY[name] = ModelInfo(
-            name, builder, tuple(input_size), num_classes, description, source, mean, std, fixed_input, tags
+            name, builder, tuple(input_size), num_classes, description, source, mean, std, fixed_input, tags, params
         )
         return builder
 

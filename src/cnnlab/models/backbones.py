@@ -6,8 +6,8 @@ built for `num_classes`; a file's head is loaded only when its shape fits. Built
 `head_names` (Inception v3 adds 'AuxLogits.fc') and `weights_info` (see `cnnlab.models.weights`).
 
 Inception v3 keeps torchvision's auxiliary classifier by default (`aux_logits=True`, which needs 299x299 inputs):
-in training mode it returns (logits, aux_logits); train it with `loss_with_aux(criterion, output, target)`, i.e.
-`criterion(logits, y) + 0.4 * criterion(aux, y)` (cnnlab.train does). In eval mode it returns the logits alone.
+in training mode it returns (logits, aux_logits), and cnnlab.training's loss is `criterion(logits, y) +
+0.4 * criterion(aux, y)` (training/loss.py). In eval mode it returns the logits alone.
 
 Input size and normalization are those of the ImageNet weights (`weights.transforms()`: crop size, mean, std);
 they are written here rather than read from torchvision at import time because importing torchvision.models
@@ -29,7 +29,6 @@ from cnnlab.models.weights import is_random_init, load_weights
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TAGS = ("torchvision", "pretrained")
-AUX_LOSS_WEIGHT = 0.4  # Szegedy et al. 2016 weigh the auxiliary classifier's loss by 0.3-0.4; torchvision uses 0.4
 
 
 @dataclass(frozen=True)
@@ -82,8 +81,9 @@ def _has_module(model: nn.Module, name: str) -> bool:
         return False
 
 
-def _entry(name: str, *, size: int, description: str, source: str) -> Callable[[Callable], Callable]:
-    """`register_model` with what all backbones share: ImageNet classes and normalization, square input."""
+def _entry(name: str, *, size: int, params: int, description: str, source: str) -> Callable[[Callable], Callable]:
+    """`register_model` with what all backbones share: ImageNet classes and normalization, square input; `params`
+    with 1000 classes, so `cnnlab models` need not import torchvision (test_backbones checks the counts)."""
     return register_model(
         name,
         input_size=(3, size, size),
@@ -93,12 +93,14 @@ def _entry(name: str, *, size: int, description: str, source: str) -> Callable[[
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         tags=TAGS,
+        params=params,
     )
 
 
 @_entry(
     "resnet18",
     size=224,
+    params=11_689_512,
     description="ResNet-18 (torchvision): basic residual blocks; --weights DEFAULT for ImageNet",
     source="He et al. 2016, Deep Residual Learning for Image Recognition",
 )
@@ -110,6 +112,7 @@ def resnet18(num_classes: int, input_size: InputSize, weights: str | None = None
 @_entry(
     "resnet50",
     size=224,
+    params=25_557_032,
     description="ResNet-50 (torchvision): bottleneck residual blocks; --weights DEFAULT for ImageNet",
     source="He et al. 2016, Deep Residual Learning for Image Recognition",
 )
@@ -121,6 +124,7 @@ def resnet50(num_classes: int, input_size: InputSize, weights: str | None = None
 @_entry(
     "vgg16",
     size=224,
+    params=138_357_544,
     description="VGG-16 (torchvision): 13 3x3 convs, 3 big Linear layers; --weights DEFAULT for ImageNet",
     source="Simonyan & Zisserman 2015, Very Deep Convolutional Networks for Large-Scale Image Recognition",
 )
@@ -132,6 +136,7 @@ def vgg16(num_classes: int, input_size: InputSize, weights: str | None = None) -
 @_entry(
     "inception_v3",
     size=299,
+    params=27_161_264,
     description="Inception v3 (torchvision): factorized convs, auxiliary head; --weights DEFAULT",
     source="Szegedy et al. 2016, Rethinking the Inception Architecture for Computer Vision",
 )
@@ -144,7 +149,7 @@ def inception_v3(
 ) -> nn.Module:
     """Inception v3; heads `fc` and, with `aux_logits`, `AuxLogits.fc` (train mode then returns both logits)."""
     # aux_logits is on by default, as in torchvision and the paper: the auxiliary classifier regularizes training
-    # (its loss weighs 0.4, see loss_with_aux). It needs 299x299 inputs; aux_logits=False allows down to 75x75.
+    # (its loss weighs 0.4, see cnnlab/training/loss.py). It needs 299x299 inputs; aux_logits=False allows down to 75x75.
     # transform_input rescales ImageNet-normalized input to the [-1, 1] range Google's weights were trained on;
     # on for random init too, so a checkpoint rebuilds to the same function whatever `weights` it started from.
     return build_backbone(
@@ -158,6 +163,7 @@ def inception_v3(
 @_entry(
     "mobilenet_v3_small",
     size=224,
+    params=2_542_856,
     description="MobileNet V3 Small (torchvision): for phones; --weights DEFAULT for ImageNet",
     source="Howard et al. 2019, Searching for MobileNetV3",
 )
@@ -169,6 +175,7 @@ def mobilenet_v3_small(num_classes: int, input_size: InputSize, weights: str | N
 @_entry(
     "efficientnet_b0",
     size=224,
+    params=5_288_548,
     description="EfficientNet-B0 (torchvision): MBConv + squeeze-excite; --weights DEFAULT for ImageNet",
     source="Tan & Le 2019, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
 )
@@ -180,6 +187,7 @@ def efficientnet_b0(num_classes: int, input_size: InputSize, weights: str | None
 @_entry(
     "convnext_tiny",
     size=224,
+    params=28_589_128,
     description="ConvNeXt-Tiny (torchvision): 7x7 depthwise, LayerNorm; --weights DEFAULT for ImageNet",
     source="Liu et al. 2022, A ConvNet for the 2020s",
 )
@@ -218,7 +226,7 @@ def freeze_backbone(model: nn.Module, frozen: bool = True) -> nn.Module:
     they normalize with their stored running statistics and stop updating them (torchvision's and Keras' practice
     for feature extraction: a small dataset's batch statistics would otherwise drift away from the ones the
     pretrained weights were trained with). `model.train()` switches them back to training mode, so call this
-    after it (cnnlab.train does, every epoch). Unfreezing puts them back in the model's own mode.
+    after it (cnnlab.training does, every epoch). Unfreezing puts them back in the model's own mode.
     Optimizers skip parameters whose `.grad` is None, so a frozen layer keeps its values even when passed to the
     optimizer, weight decay included.
     """
@@ -243,22 +251,3 @@ def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     finally:
         hook.remove()
     return captured[0]
-
-
-def main_and_aux(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Split a model output into (logits, auxiliary logits or None): Inception v3 trains with both."""
-    if isinstance(output, torch.Tensor):
-        return output, None
-    return output[0], (output[1] if len(output) > 1 else None)
-
-
-def loss_with_aux(
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    output: Any,
-    target: torch.Tensor,
-    aux_weight: float = AUX_LOSS_WEIGHT,
-) -> torch.Tensor:
-    """`criterion(logits, target) + aux_weight * criterion(aux, target)`; just the first term without aux."""
-    logits, aux = main_and_aux(output)
-    loss = criterion(logits, target)
-    return loss if aux is None else loss + aux_weight * criterion(aux, target)

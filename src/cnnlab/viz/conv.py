@@ -118,7 +118,7 @@ def pipeline_figure(
     ax: Axes | None = None,
 ) -> Figure:
     """One row per kernel: the kernel, the conv output, after the activation, after max pooling; the input on top."""
-    from cnnlab.kernels import conv_activate_pool
+    from cnnlab.conv.kernels import conv_activate_pool
 
     if not kernels:
         raise CnnlabError("give at least one kernel to draw")

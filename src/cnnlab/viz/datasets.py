@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from matplotlib.figure import Figure
 
+from cnnlab.data.dataset import take
+
 
 def plot_class_samples(data, per_class: int = 8, max_classes: int = 20, seed: int = 0) -> Figure:
     """Rows of `per_class` random images for each class (up to `max_classes`), class names on the left."""
@@ -32,9 +34,6 @@ def plot_class_samples(data, per_class: int = 8, max_classes: int = 20, seed: in
 
 
 def _image(data, i: int) -> torch.Tensor:
-    """(H, W, C) uint8 of item i, from memory or decoded from disk."""
-    if hasattr(data, "images"):
-        return data.images[i].permute(1, 2, 0)
-    item = data[i]
-    return (item[0] if item is not None else torch.zeros(1, 8, 8, dtype=torch.uint8)).permute(1, 2, 0)
-
+    """(H, W, C) uint8 of item i, from memory or decoded from disk (black if its file no longer decodes)."""
+    images, _ = take(data, [i])
+    return (images[0] if len(images) else torch.zeros(data.info.channels, 8, 8, dtype=torch.uint8)).permute(1, 2, 0)

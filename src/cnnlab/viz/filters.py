@@ -11,7 +11,6 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.inspect import get_layer
 from cnnlab.viz.images import grid_shape
 from cnnlab.viz.style import CMAP_SIGNED, canvas, image_axes, plot_style, root_figure
 
@@ -25,7 +24,11 @@ def conv_weight(source: Any, layer: str | None = None) -> tuple[str, torch.Tenso
         name = "weights"
     elif isinstance(source, nn.Module):
         if layer is not None:
-            module, name = get_layer(source, layer), layer
+            module, name = dict(source.named_modules()).get(layer), layer
+            if module is None or not layer:
+                convs = [n for n, m in source.named_modules() if isinstance(m, nn.Conv2d)]
+                raise CnnlabError(f"{type(source).__name__} has no layer named {layer!r}; its conv layers: "
+                                  f"{', '.join(convs) or 'none'}")
         elif isinstance(source, nn.Conv2d):
             module, name = source, type(source).__name__
         else:

@@ -14,8 +14,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure, FigureBase
 
-from cnnlab._io import atomic_path
 from cnnlab.errors import CnnlabError
+from cnnlab.files import atomic_path
 
 DPI = 100
 TILE = 1.5  # inches per image tile

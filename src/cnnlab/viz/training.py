@@ -21,14 +21,14 @@ def _series(history: Sequence[dict[str, Any]], key: str) -> np.ndarray:
 
 
 def best_epoch_index(history: Sequence[dict[str, Any]]) -> int | None:
-    """Index of the epoch training kept as best: highest validation accuracy (train accuracy without validation).
-
-    Ties go to the earliest epoch, as in the training loop, which replaces best.pt only on a strict improvement.
-    """
-    for key in ("val_acc", "train_acc"):
-        values = _series(history, key)
-        if not np.all(np.isnan(values)):
-            return int(np.nanargmax(values))
+    """Index of the epoch training kept as best: highest validation accuracy (train accuracy without validation),
+    on a tie the lower loss, then the earlier epoch: the rule of the training loop."""
+    for split in ("val", "train"):
+        acc, loss = _series(history, f"{split}_acc"), _series(history, f"{split}_loss")
+        if not np.all(np.isnan(acc)):
+            ranked = [(-a, np.inf if np.isnan(lo) else lo, i) for i, (a, lo) in enumerate(zip(acc, loss))
+                      if not np.isnan(a)]
+            return min(ranked)[2]
     return None
 
 

@@ -1,0 +1,152 @@
+"""Predicting with exported models (ONNX Runtime, TorchScript) through the same surface as a `Run`."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from cnnlab.apps.export.metadata import KEY, ExportMetadata
+from cnnlab.apps.export.runtime import quiet_jit, require_onnx
+from cnnlab.data.pipeline import Pipeline
+from cnnlab.errors import CnnlabError
+from cnnlab.training.run import Predictor
+
+TORCHSCRIPT_SUFFIX = ".torchscript"
+
+
+class _ExportedPredictor(Predictor):
+    """An exported model with its embedded metadata; subclasses supply `logits`, `Predictor` the rest."""
+
+    def __init__(self, path: str | Path, meta: ExportMetadata):
+        self.path = Path(path)
+        self.meta = meta
+        self.pipeline: Pipeline = meta.build_pipeline()
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.meta.classes
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return self.meta.input_size
+
+    @property
+    def outputs_are_probs(self) -> bool:
+        return self.meta.outputs_are_probs
+
+    @property
+    def dataset(self) -> str | None:
+        return self.meta.dataset
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, model={self.meta.model.get('name')!r})"
+
+
+def default_providers() -> list[str]:
+    """CUDA when this onnxruntime build and machine have it, always with the CPU as the fallback."""
+    ort = require_onnx()
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def session_options(threads: int | None = None):
+    """ORT session options: every graph optimization, quiet logs, and `threads` intra-op threads (None: ORT's)."""
+    ort = require_onnx()
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only: ORT otherwise warns about unused initializers and the like
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return so
+
+
+class OnnxPredictor(_ExportedPredictor):
+    """An ONNX model written by `cnnlab export`, run by onnxruntime (CUDA if available, else CPU)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None):
+        ort = require_onnx()
+        path = Path(path)
+        if not path.is_file():
+            raise CnnlabError(f"no ONNX model at {path}: export one with `cnnlab export RUN --format onnx`")
+        try:
+            session = ort.InferenceSession(str(path), session_options(threads),
+                                           providers=list(providers or default_providers()))
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CnnlabError(f"{path} is not a readable ONNX model ({first[:300]})") from None
+        props = session.get_modelmeta().custom_metadata_map
+        if KEY not in props:
+            raise CnnlabError(f"{path} has no cnnlab metadata (class names, input size, normalization): "
+                              f"export it with `cnnlab export RUN --format onnx`")
+        super().__init__(path, ExportMetadata.from_json(props[KEY], str(path)))
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw outputs for a normalized (N, C, H, W) batch."""
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        out = self.session.run([self.output_name], {self.input_name: arr})[0]
+        return torch.from_numpy(out)
+
+
+class TorchScriptPredictor(_ExportedPredictor):
+    """A TorchScript model written by `cnnlab export --format torchscript`."""
+
+    def __init__(self, path: str | Path, map_location: str | torch.device = "cpu"):
+        path = Path(path)
+        if not path.is_file():
+            raise CnnlabError(f"no TorchScript model at {path}: export one with "
+                              f"`cnnlab export RUN --format torchscript`")
+        extra = {f"{KEY}.json": ""}
+        try:
+            with quiet_jit():
+                module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+        except Exception as exc:
+            raise CnnlabError(f"{path} is not a readable TorchScript model ({type(exc).__name__}: "
+                              f"{str(exc).strip()[:300]})") from None
+        if not extra[f"{KEY}.json"]:
+            raise CnnlabError(f"{path} has no cnnlab metadata: export it with `cnnlab export RUN --format torchscript`")
+        super().__init__(path, ExportMetadata.from_json(extra[f"{KEY}.json"], str(path)))
+        self.module = module.eval()
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw outputs for a normalized (N, C, H, W) batch."""
+        device = next(iter(self.module.parameters()), torch.empty(0)).device
+        return self.module(x.to(device, torch.float32)).float().cpu()
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive with cnnlab metadata (whatever its file name)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith(f"/extra/{KEY}.json") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def load_predictor(path: str | Path):
+    """A run (folder or checkpoint), an exported .onnx model, or an exported TorchScript model, all with
+    the same `.predict(images, topk)` / `.predict_proba(images)` / `.classes`."""
+    p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        return OnnxPredictor(p)
+    if p.suffix == TORCHSCRIPT_SUFFIX or (p.is_file() and is_torchscript(p)):
+        return TorchScriptPredictor(p)
+    from cnnlab.training.run import load_run
+
+    return load_run(p)

@@ -1,0 +1,261 @@
+"""The FastAPI app: a JSON API for prediction, explanation and the convolution playground, and the web page at `/`.
+
+    app = create_app("runs/lenet-digits")        # or create_app() for the default digits model
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Every error is JSON {"detail": "..."}: 400 unreadable image, 413 too large (bytes or pixels), 415 not an image,
+422 invalid parameter (kernel, stride, layer, class, ...), 501 not possible with this model.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from cnnlab.apps.serve import playground
+from cnnlab.apps.serve.errors import ServeError
+from cnnlab.apps.serve.state import ServedModel, top_classes
+from cnnlab.apps.serve.uploads import MAX_PIXELS, MAX_UPLOAD_BYTES, BodySizeLimit, decode_image, read_upload
+from cnnlab.data.images import BadImageError
+from cnnlab.errors import CnnlabError
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+IMAGE_BODY = {
+    "description": "The image: a multipart file field `image`, JSON {\"image\": \"<base64 or data URL>\"}, or the "
+                   "raw file with an image/* Content-Type.",
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                           "properties": {"image": {"type": "string", "format": "binary"}}}},
+        "application/json": {"schema": {"type": "object", "required": ["image"],
+                                        "properties": {"image": {"type": "string", "format": "byte"}}}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+KERNEL_SCHEMA = {"oneOf": [
+    {"type": "array", "items": {"type": "array", "items": {"type": "number"}}, "minItems": 3, "maxItems": 5,
+     "description": "a 3x3 or 5x5 grid of weights, row by row", "example": [[0, -1, 0], [-1, 5, -1], [0, -1, 0]]},
+    {"type": "string", "description": "a named kernel, e.g. sobel_x or gaussian:n=5,sigma=1", "example": "sobel_x"},
+]}
+CONVOLVE_FIELDS = {
+    "kernel": KERNEL_SCHEMA,
+    "stride": {"type": "integer", "minimum": 1, "maximum": 4, "default": 1},
+    "padding": {"type": "integer", "minimum": 0, "maximum": 4, "default": 0},
+    "mode": {"type": "string", "enum": list(playground.MODES), "default": "gray",
+             "description": "gray: luma, one map; rgb: each channel on its own; summed: channels added (a conv layer)"},
+    "size": {"type": "integer", "minimum": 16, "maximum": 640, "default": playground.DEFAULT_SIZE,
+             "description": "the photo is shrunk so its longer side is at most this"},
+    "pixel": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
+              "description": "[row, column] of an output pixel whose multiply-and-sum to show"},
+    "include_input": {"type": "boolean", "default": True},
+}
+CONVOLVE_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"type": "object", "required": ["kernel"], "properties": {
+            "image": {"type": "string", "default": "sample",
+                      "description": "'sample' (china.jpg), 'sample:flower.jpg', or an image as base64"},
+            **CONVOLVE_FIELDS}}},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["kernel"], "properties": {
+            "image": {"type": "string", "format": "binary"},
+            **{k: {"type": "string", "description": f"{k}, as text (the kernel as JSON)"} for k in CONVOLVE_FIELDS}}}},
+    },
+}
+
+
+def create_app(run: Any = None, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
+               model: ServedModel | None = None) -> FastAPI:
+    """The app serving `run` (a Run, a run folder or checkpoint, an .onnx file; None: the cached digits model)."""
+    served = model if model is not None else ServedModel.load(run)
+    app = FastAPI(title="cnnlab", version=_version(), docs_url=None, redoc_url=None,
+                  description="Predict, look inside a CNN, and play with convolution kernels. "
+                              f"Serving {served.name}. Uploads up to {max_upload_bytes / 2**20:g} MiB and "
+                              f"{max_pixels:,} pixels.")
+    app.state.model = served
+    app.state.max_pixels = max_pixels
+    app.state.started = time.time()
+    app.add_middleware(BodySizeLimit, max_bytes=max_upload_bytes)
+    _add_error_handlers(app)
+    _add_routes(app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_offline_docs(app)
+    return app
+
+
+def _add_offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the fastapi-offline package's copy: FastAPI's default loads it from a CDN."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    app.mount("/docs-static", StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="cnnlab API",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon.png")
+
+
+def _version() -> str:
+    from cnnlab import __version__
+
+    return __version__
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(BadImageError)
+    async def bad_image(request: Request, exc: BadImageError) -> JSONResponse:
+        return _error(400, f"not a readable image: {exc}")
+
+    @app.exception_handler(CnnlabError)
+    async def cnnlab_error(request: Request, exc: CnnlabError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # JSON like every other error; the traceback still goes to the server's log.
+        return _error(500, f"internal error ({type(exc).__name__}): see the server log")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_params(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
+        return _error(422, "; ".join(parts) or "invalid request")
+
+
+def _model(request: Request) -> ServedModel:
+    return request.app.state.model
+
+
+def _decode_for_model(request: Request, data: bytes) -> Image.Image:
+    served = _model(request)
+    return decode_image(data, request.app.state.max_pixels, draft=served.input_size[1:])
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/api/health", summary="Is the server up")
+    async def health(request: Request) -> dict[str, Any]:
+        served = _model(request)
+        return {"status": "ok", "model": served.name, "uptime_s": round(time.time() - request.app.state.started, 1)}
+
+    @app.get("/api/model", summary="The served model: name, classes, input size, layer summary")
+    async def model_info(request: Request) -> dict[str, Any]:
+        return _model(request).info()
+
+    @app.get("/api/kernels", summary="Named 3x3 and 5x5 kernels for the playground")
+    async def kernels() -> list[dict[str, Any]]:
+        return _kernel_list()
+
+    @app.post("/api/predict", summary="Top-k classes and probabilities for one image",
+              openapi_extra={"requestBody": IMAGE_BODY})
+    async def predict(request: Request,
+                      topk: int = Query(5, ge=1, le=1000, description="how many classes to return"),
+                      input_image: bool = Query(False, description="also return the image as the model sees it"),
+                      tta: str = Query("none", description="test-time augmentation: none, or flip (the mean of "
+                                                           "the image's outputs and its mirror's)")
+                      ) -> dict[str, Any]:
+        upload = await read_upload(request)
+        return await run_in_threadpool(_predict, request, upload.data, topk, input_image, tta)
+
+    @app.post("/api/explain", summary="Feature maps of a layer and the Grad-CAM overlay, as PNGs",
+              openapi_extra={"requestBody": IMAGE_BODY})
+    async def explain(request: Request,
+                      layer: str | None = Query(None, description="layer whose maps to return (default: the first)"),
+                      channels: int = Query(16, ge=1, le=64, description="maps (channels) of that layer to return"),
+                      target: str | None = Query(None, description="class to explain, index or name "
+                                                                   "(default: the predicted one)"),
+                      topk: int = Query(5, ge=1, le=1000)) -> dict[str, Any]:
+        upload = await read_upload(request)
+        return await run_in_threadpool(_explain, request, upload.data, layer, channels, target, topk)
+
+    @app.post("/api/convolve", summary="Slide a kernel over a photo: the output, its size worked out, one pixel",
+              openapi_extra={"requestBody": CONVOLVE_BODY})
+    async def convolve(request: Request) -> dict[str, Any]:
+        upload = await read_upload(request, image_required=False)
+        return await run_in_threadpool(_convolve, request, upload.data, upload.fields)
+
+
+def _predict(request: Request, data: bytes, topk: int, input_image: bool, tta: str = "none") -> dict[str, Any]:
+    served = _model(request)
+    x = served.prepare(_decode_for_model(request, data))
+    probs = served.predict(x, tta)
+    out: dict[str, Any] = {"predictions": top_classes(probs, served.classes, topk)}
+    if input_image:
+        out["input_image"] = served.shown_png(x)
+    return out
+
+
+def _explain(request: Request, data: bytes, layer: str | None, channels: int, target: str | None,
+             topk: int) -> dict[str, Any]:
+    from cnnlab.apps.explain import resolve_class
+
+    served = _model(request)
+    cls = resolve_class(target, served.classes)
+    x = served.prepare(_decode_for_model(request, data))
+    result = served.explain(x, layer, channels, cls)
+    return {
+        "predictions": top_classes(result.probs, served.classes, topk),
+        "target": {"index": result.target, "class": served.classes[result.target]},
+        "input_image": served.shown_png(x),
+        "layers": [{"name": f.name, "type": f.type, "kind": f.kind, "shape": list(f.shape)} for f in result.layers],
+        "feature_maps": {"layer": result.layer, "maps": result.maps,
+                         "scaling": "each map on its own scale: black = its minimum, white = its maximum"},
+        "gradcam": {"layer": result.cam_layer, "image": result.cam_image,
+                    "about": "red = regions whose activations raise the target class's score most"},
+        "notes": result.notes,
+    }
+
+
+def _convolve(request: Request, data: bytes | None, fields: dict[str, Any]) -> dict[str, Any]:
+    req = playground.parse_request(fields)
+    if data is not None:
+        img = decode_image(data, request.app.state.max_pixels, draft=(req.size, req.size))
+        image = playground.photo_tensor(img, req.size)
+        source = "upload"
+    else:
+        name = fields.get("image") or "sample"
+        image = playground.sample_photo(name, req.size)
+        source = name
+    include = fields.get("include_input", True)
+    if not isinstance(include, bool):
+        include = str(include).lower() not in ("0", "false", "no", "off")
+    out = playground.convolve(image, req, include_input=include)
+    out["input"]["source"] = source
+    return out
+
+
+def _kernel_list() -> list[dict[str, Any]]:
+    from cnnlab.conv.kernels import get_kernel, kernel_info, list_kernels
+
+    out = []
+    for name in list_kernels():
+        k = get_kernel(name)
+        if k.dim() == 2 and k.shape[0] == k.shape[1] and k.shape[0] in playground.KERNEL_SIZES:
+            out.append({"name": name, "description": kernel_info(name).description,
+                        "kernel": [[round(float(v), 5) for v in row] for row in k]})
+    return out
+

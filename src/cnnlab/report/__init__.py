@@ -1,5 +1,0 @@
-"""One self-contained HTML page about a trained run: `build_report(run)` writes RUN/report.html."""
-
-from cnnlab.report.builder import build_report, render_report
-
-__all__ = ["build_report", "render_report"]

@@ -1,0 +1,94 @@
+"""Evaluating a saved run on any split (`cnnlab eval`, the report): metrics, per-image losses, and figures."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cnnlab.data import BatchLoader, get_dataset, take
+from cnnlab.errors import CnnlabError
+from cnnlab.models.outputs import probabilities
+from cnnlab.training import metrics
+from cnnlab.training.inference import Outputs, evaluate
+from cnnlab.training.loss import Criterion
+from cnnlab.training.run import Run
+from cnnlab.training.tta import check_tta
+
+
+@dataclass
+class EvalResult:
+    """One evaluation of a saved run: the metrics report plus what the figures need."""
+
+    report: metrics.Report
+    dataset: str
+    outputs: Outputs
+    data: object  # the split, to fetch images for the mistakes gallery
+    run: Run
+    tta: str = "none"
+
+    @property
+    def n(self) -> int:
+        return self.outputs.n
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self.outputs.logits
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.outputs.targets
+
+    @property
+    def losses(self) -> torch.Tensor:
+        return self.outputs.losses
+
+    def worst(self, n: int) -> torch.Tensor:
+        """Indices of the n highest-loss images."""
+        return self.losses.argsort(descending=True)[:n]
+
+    def images(self, idx: torch.Tensor) -> torch.Tensor:
+        """Images at `idx` as the model sees them (size, channels), in [0, 1] for display."""
+        pipe = dataclasses.replace(self.run.pipeline, source_channels=self.data.info.channels)
+        return pipe.convert(take(self.data, idx)[0]).float() / 255.0
+
+    def save_figures(self, out: Path, mistakes: int = 24, normalized: bool = False) -> dict[str, Path]:
+        """confusion.png and mistakes.png in `out`."""
+        from cnnlab.viz import plot_confusion, plot_mistakes, save_figure
+
+        out = Path(out)
+        paths = {"confusion matrix": save_figure(
+            plot_confusion(self.report.confusion.numpy(), list(self.report.classes), normalize=normalized),
+            out / "confusion.png")}
+        idx = self.worst(mistakes)
+        if len(idx):
+            probs = probabilities(self.logits[idx], self.run.outputs_are_probs)
+            pred = probs.argmax(1)
+            paths["mistakes"] = save_figure(
+                plot_mistakes(self.images(idx), self.targets[idx].tolist(), pred.tolist(),
+                              probs.max(1).values.tolist(), list(self.report.classes)),
+                out / "mistakes.png")
+        return paths
+
+
+def evaluate_run(run: Run, dataset: str | None = None, split: str = "test", data_dir: str | None = None,
+                 batch_size: int = 1000, tta: str | None = None) -> EvalResult:
+    """Evaluate a run's model on a split of its own (or another, same-classed) dataset.
+
+    `tta`: test-time augmentation ("none" or "flip"); by default the one the run was tested with.
+    """
+    cfg = run.config
+    name = dataset or cfg["dataset"]
+    val_size = cfg.get("val_size", -1)
+    val_size = None if val_size is None or val_size < 0 else (val_size if 0 < val_size < 1 else int(val_size))
+    data = get_dataset(name, split, data_dir or cfg.get("data_dir"), val_size=val_size,
+                       image_size=tuple(run.input_size[1:]))
+    if len(data.classes) != len(run.classes):
+        raise CnnlabError(f"{name} has {len(data.classes)} classes but the model was trained on {len(run.classes)}")
+    tta = check_tta(cfg.get("tta", "none") if tta is None else tta, data.info.flip_ok, data.info.name)
+    pipe = dataclasses.replace(run.pipeline, source_channels=data.info.channels)
+    outputs = evaluate(run.model, BatchLoader(data, batch_size, pipe), Criterion(run.single_logit), tta)
+    rep = metrics.report(outputs.logits, outputs.targets, outputs.loss, run.classes, run.outputs_are_probs)
+    return EvalResult(rep, name, outputs, data, run, tta)

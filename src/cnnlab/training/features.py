@@ -1,0 +1,197 @@
+"""Feature extraction: embed every split once with the frozen backbone (cached on disk), then fit a linear head.
+
+`cnnlab train --model resnet18 --weights DEFAULT --feature-extraction` spends its time in one forward pass over
+the images, and none on a second run with the same weights, data and preprocessing: the embeddings are cached
+under `<cnnlab cache>/features/`. `embeddings_job` turns a built run into the same run over embeddings: loaders
+of embeddings and a linear head as the trained network, which then goes through the one training loop (`fit`),
+with the run's optimizer, learning rate, schedule, epochs and batch size. Its checkpoints hold the whole model
+(the backbone with the fitted head folded into its own), so eval, predict, explain, report and export work on it
+unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cnnlab.data import BatchLoader, DatasetInfo, ImageData, ImageDataset
+from cnnlab.data.augment import Augment
+from cnnlab.data.paths import user_cache_dir
+from cnnlab.errors import CnnlabError
+from cnnlab.files import atomic_save
+from cnnlab.models.backbones import BACKBONES, embed, freeze_backbone, head_names
+from cnnlab.training.engine import autocast
+from cnnlab.training.setup import Classifier, Job, RunData, build_optimizer, build_schedule
+
+CACHE_FORMAT = 1  # bump when the cached layout or the meaning of an embedding changes
+
+
+def feature_cache_dir() -> Path:
+    """Where embeddings are cached: `<cnnlab cache>/features` (see cnnlab.data.paths.user_cache_dir)."""
+    return user_cache_dir() / "features"
+
+
+@dataclass
+class Features:
+    """One split's embeddings (N, D) and labels, on the run's device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    path: Path  # its cache file
+    from_cache: bool
+    seconds: float  # spent embedding (or reading the cache)
+
+
+# ---------------------------------------------------------------- embeddings, cached
+
+
+def feature_key(job: Job, data: ImageDataset) -> str:
+    """A hash of everything an embedding depends on: architecture, backbone weights, preprocessing, images."""
+    h = hashlib.sha256(f"cnnlab-features-{CACHE_FORMAT}".encode())
+    net = job.net
+    kwargs = {k: v for k, v in net.spec.kwargs.items() if k != "weights"}  # the weights are hashed by value below
+    h.update(json.dumps([net.spec.name, list(net.spec.input_size), kwargs, job.data.pipeline.to_dict(), job.cfg.amp],
+                        sort_keys=True, default=str).encode())
+    heads = tuple(n + "." for n in head_names(net))
+    for name, t in sorted(net.state_dict().items()):
+        if not name.startswith(heads):  # the head is not part of the embedding (and differs per run)
+            _update(h, name, t)
+    _update(h, "targets", data.targets)
+    if data.images is not None:
+        _update(h, "images", data.images)
+    else:  # streamed from disk: the files' paths, sizes and modification times stand for their contents
+        for f in data.files:
+            st = Path(f).stat()
+            h.update(f"{Path(f).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _update(h, name: str, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, whatever the dtype (0-d counters too)
+
+
+@torch.no_grad()  # not inference_mode: the head is then trained on these tensors, which autograd must accept
+def embed_split(job: Job, data: ImageDataset, label: str, quiet: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings (N, D) float32 and labels of a split: one pass of the frozen backbone, no augmentation."""
+    # The training batch size: it fits the device when training, so an inference pass at it fits too.
+    loader = BatchLoader(data, job.cfg.batch_size, job.data.pipeline, device=job.device,
+                         channels_last=job.cfg.channels_last, num_workers=job.cfg.num_workers)
+    xs, ys = [], []
+    for x, y in tqdm(loader, desc=f"embedding {label}", unit="batch", leave=False, disable=True if quiet else None,
+                     dynamic_ncols=True):
+        with autocast(job.device, job.cfg.amp):
+            xs.append(embed(job.net, x).float().flatten(1))
+        ys.append(y)
+    if not xs:
+        raise CnnlabError(f"the {label} split has no images to embed")
+    return torch.cat(xs), torch.cat(ys)
+
+
+def split_features(job: Job, data: ImageDataset, label: str, quiet: bool) -> Features:
+    """A split's embeddings from the cache, or computed and cached (atomically) for the next run."""
+    start = time.perf_counter()
+    path = feature_cache_dir() / f"{job.cfg.model}-{label}-{feature_key(job, data)}.pt"
+    say = (lambda text: None) if quiet else print
+    if path.is_file():
+        try:
+            saved = torch.load(path, map_location=job.device, weights_only=True)
+            say(f"{label}: {len(saved['targets']):,} embeddings from the cache {path}")
+            return Features(saved["features"], saved["targets"], path, True, time.perf_counter() - start)
+        except Exception:  # a damaged cache file is recomputed, never trusted
+            path.unlink(missing_ok=True)
+    x, y = embed_split(job, data, label, quiet)
+    seconds = time.perf_counter() - start
+    try:
+        atomic_save({"format": CACHE_FORMAT, "features": x.cpu(), "targets": y.cpu()}, path)
+    except OSError as exc:  # a read-only or full cache disk costs the next run time, not this one its result
+        say(f"could not cache the embeddings in {path}: {exc.strerror or exc}")
+    say(f"{label}: embedded {len(y):,} images ({x.shape[1]} features each) in {seconds:.1f} s, cached in {path}")
+    return Features(x, y, path, False, seconds)
+
+
+# ---------------------------------------------------------------- the linear head
+
+
+class StandardizedHead(nn.Module):
+    """A linear layer on standardized embeddings (one learning rate then suits every backbone), tied to the
+    backbone's own head: `fold()` writes it there as one plain Linear on raw embeddings, `unfold()` reads it back."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, target: nn.Linear):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.linear = nn.Linear(len(mean), target.out_features, device=mean.device)
+        # Zeros: logistic regression is convex, so the start only needs to be deterministic.
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.target = [target]  # in a list: the backbone's head is not a submodule (nor a parameter) of this one
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear((x - self.mean) / self.std)
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """W((x - m) / s) + b = (W / s) x + (b - W m / s): the same function, as the backbone's plain head."""
+        head, w = self.target[0], self.linear.weight / self.std
+        head.weight.copy_(w)
+        head.bias.copy_(self.linear.bias - w @ self.mean)
+
+    @torch.no_grad()
+    def unfold(self) -> None:
+        """The inverse of fold(): this layer's weights from the backbone's head."""
+        head = self.target[0]
+        self.linear.weight.copy_(head.weight * self.std)
+        self.linear.bias.copy_(head.bias + head.weight @ self.mean)
+
+
+# ---------------------------------------------------------------- the run over embeddings
+
+
+def embeddings_job(job: Job) -> Job:
+    """The same run with images replaced by their (cached) embeddings and a linear head as the trained network."""
+    cfg, net = job.cfg, job.net
+    if not getattr(net, "head_names", None):
+        raise CnnlabError(f"--feature-extraction needs a torchvision backbone with a replaceable head "
+                          f"({', '.join(BACKBONES)}); {cfg.model} has none: train it normally")
+    if job.env.enabled:
+        raise CnnlabError("--feature-extraction runs in one process (fitting the head takes seconds); drop --nproc")
+    freeze_backbone(net, True)
+    net.eval()  # embeddings come from the inference-mode network: BatchNorm statistics, no dropout
+    quiet = cfg.quiet or cfg.json or not job.env.is_main
+    splits = {"train": job.data.train, "val": job.data.val, "test": job.data.test}
+    feats = {k: split_features(job, loader.data, k, quiet) for k, loader in splits.items() if loader is not None}
+    train = feats["train"]
+    # Standardized embeddings; a constant feature is left as it is, not divided by 0.
+    head = StandardizedHead(train.x.mean(0), train.x.std(0, correction=0).clamp_min(1e-6),
+                            net.get_submodule(head_names(net)[0]))
+    data = RunData(
+        train=BatchLoader(_embedded(train, job.data.info, "train"), cfg.batch_size, None, shuffle=True,
+                          seed=cfg.seed, device=job.device),
+        val=BatchLoader(_embedded(feats["val"], job.data.info, "val"), cfg.eval_batch_size, None,
+                        device=job.device) if "val" in feats else None,
+        test=BatchLoader(_embedded(feats["test"], job.data.info, "test"), cfg.eval_batch_size, None, device=job.device),
+        pipeline=job.data.pipeline, augment=Augment(), info=job.data.info,  # each image is embedded once, unaugmented
+    )
+    extra = {"feature_extraction": {
+        "embed_seconds": round(sum(f.seconds for f in feats.values()), 3),
+        "features": int(train.x.shape[1]),
+        "cache": {k: {"file": str(f.path), "hit": f.from_cache} for k, f in feats.items()},
+    }}
+    return dataclasses.replace(job, net=head, model=head, classifier=Classifier(net, head=head),
+                               optimizer=build_optimizer(cfg, head), schedule=build_schedule(cfg, len(data.train)),
+                               data=data, results_extra=extra)
+
+
+def _embedded(f: Features, info: DatasetInfo, split: str) -> ImageData:
+    """A split of embeddings (N, D) held in memory, batched as stored (a BatchLoader without pipeline)."""
+    return ImageData(f.x, f.y, info, split)

@@ -1,0 +1,320 @@
+"""A run's pieces, built from its config: device, data, model, loss, optimizer, schedule, run folder."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab.data import BatchLoader, DatasetInfo, Pipeline, get_dataset, parse_augment
+from cnnlab.data.augment import Augment
+from cnnlab.data.split import stratified_split
+from cnnlab.errors import CnnlabError
+from cnnlab.models import get_model, get_model_info, parse_input_size
+from cnnlab.training.config import TrainConfig
+from cnnlab.training.distributed import DistEnv, check_sync_bn, init_distributed, threads_per_process
+from cnnlab.training.loss import Criterion
+from cnnlab.training.rundir import checkpoint_bytes, shared_run_dir
+from cnnlab.training.schedule import Schedule
+from cnnlab.training.tta import check_tta
+
+
+@dataclass
+class RunData:
+    """The splits as batches, and how images become the model's input."""
+
+    train: BatchLoader
+    val: BatchLoader | None
+    test: BatchLoader
+    pipeline: Pipeline  # channels, size, normalization: the same in training and in prediction
+    augment: Augment
+    info: DatasetInfo  # classes, name, channels, which augmentations keep the labels
+
+
+class Classifier:
+    """The complete model a run produces, as its checkpoints hold it.
+
+    Usually the trained network itself. With feature extraction the network trained is a head on cached
+    embeddings (`training/features.py`): it is folded into the backbone's own head when the weights are read, and
+    taken back out of it when they are loaded.
+    """
+
+    def __init__(self, module: nn.Module, head: Any = None) -> None:
+        self.module = module
+        self.head = head  # None, or an object with fold() and unfold() (see features.py)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.head is not None:
+            self.head.fold()
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)
+        if self.head is not None:
+            self.head.unfold()
+
+
+@dataclass
+class Job:
+    """The built pieces of one run, as `fit` uses them (train_one_epoch and evaluate take them one by one)."""
+
+    cfg: TrainConfig
+    env: DistEnv
+    device: torch.device
+    net: nn.Module  # the network that is trained
+    model: nn.Module  # what the loop calls: net, or net wrapped by DDP / torch.compile
+    classifier: Classifier  # the complete model checkpoints hold (usually net itself)
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: Schedule
+    data: RunData
+    run_dir: Path
+    results_extra: dict[str, Any] = field(default_factory=dict)  # more for results.json (feature extraction's)
+
+
+# ---------------------------------------------------------------- the process
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: CUDA if there is a GPU, else Apple's MPS, else the CPU; a requested device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError("--device cuda, but torch sees no CUDA GPU; use --device cpu (or auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CnnlabError("--device mps, but this machine has no Apple GPU; use --device cpu (or auto)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; optionally insist on deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def start_process(cfg: TrainConfig) -> tuple[torch.device, DistEnv]:
+    """The device, this process's place in a torchrun job, its CPU threads (only when asked or shared), the seed."""
+    device = pick_device(cfg.device)
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise CnnlabError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 (or off)")
+    env = init_distributed(device.type)
+    if env.enabled and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+    if cfg.sync_bn and env.enabled:
+        check_sync_bn(device)
+    threads = threads_per_process(cfg.threads, env)  # --threads, or N processes sharing a machine's cores
+    if threads:
+        torch.set_num_threads(threads)
+    seed_everything(cfg.seed, cfg.deterministic)
+    return device, env
+
+
+# ---------------------------------------------------------------- data
+
+
+def _val_size(cfg: TrainConfig) -> int | float | None:
+    if cfg.val_size < 0:
+        return None
+    return cfg.val_size if 0 < cfg.val_size < 1 else int(cfg.val_size)
+
+
+def load_splits(cfg: TrainConfig, image_size: tuple[int, int] | None):
+    """(train, val or None, test) datasets for the config."""
+    kw = dict(data_dir=cfg.data_dir, val_size=_val_size(cfg), image_size=image_size)
+    train = get_dataset(cfg.dataset, "train", download=cfg.download, **kw)
+    if 0 < cfg.subset < len(train):
+        if train.images is None:
+            raise CnnlabError("--subset works for datasets held in memory, not streamed folders")
+        train = train.subset(stratified_split(train.targets, cfg.subset, seed=cfg.seed)[1])
+    val = get_dataset(cfg.dataset, "val", **kw) if _val_size(cfg) != 0 else None
+    test = get_dataset(cfg.dataset, "test", **kw)
+    return train, val, test
+
+
+def model_input_size(cfg: TrainConfig, dataset_channels: int) -> tuple[int, int, int]:
+    """The model's (C, H, W): --input-size, else the model's own size with the dataset's channels."""
+    info = get_model_info(cfg.model)
+    if cfg.input_size:
+        size = parse_input_size(cfg.input_size)
+        return tuple(size) if len(size) == 3 else (dataset_channels, *size)
+    # Pretrained backbones need the channels their weights were trained on.
+    channels = info.input_size[0] if info.mean is not None else dataset_channels
+    return (channels, *info.input_size[1:])
+
+
+def normalization(cfg: TrainConfig, data_info: DatasetInfo, input_size) -> tuple[tuple, tuple]:
+    """Mean/std: the pretrained weights' own, else the dataset's; (0, 1) with --no-normalize."""
+    info = get_model_info(cfg.model)
+    if not cfg.normalize:
+        return (0.0,) * input_size[0], (1.0,) * input_size[0]
+    if info.mean is not None and (cfg.weights or "none").lower() != "none":
+        return tuple(info.mean), tuple(info.std)
+    return tuple(data_info.mean), tuple(data_info.std)
+
+
+def build_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> RunData:
+    """Splits -> loaders: the training one shuffled and augmented, each rank its share; the others in order."""
+    # Folder datasets are decoded at the model's input size; built-in ones ignore this.
+    size = parse_input_size(cfg.input_size)[-2:] if cfg.input_size else get_model_info(cfg.model).input_size[1:]
+    with env.local_main_first():  # one process per machine downloads and fills the decode cache
+        train, val, test = load_splits(cfg, tuple(size))
+    info = train.info
+    input_size = model_input_size(cfg, info.channels)
+    pipeline = Pipeline.build(info.channels, input_size, *normalization(cfg, info, input_size))
+    augment = parse_augment(cfg.augment, info)
+    check_tta(cfg.tta, info.flip_ok, info.name)
+    common = dict(device=device, channels_last=cfg.channels_last, num_workers=cfg.num_workers)
+    return RunData(
+        train=BatchLoader(train, cfg.batch_size, pipeline, augment=augment, shuffle=True,
+                          drop_last=len(train) > cfg.batch_size * env.world_size, seed=cfg.seed,
+                          rank=env.rank, world_size=env.world_size, **common),
+        val=BatchLoader(val, cfg.eval_batch_size, pipeline, **common) if val is not None else None,
+        test=BatchLoader(test, cfg.eval_batch_size, pipeline, **common),
+        pipeline=pipeline, augment=augment, info=info,
+    )
+
+
+# ---------------------------------------------------------------- model, loss, optimizer, schedule
+
+
+def output_classes(cfg: TrainConfig, num_classes: int) -> tuple[int, bool]:
+    """(outputs of the model, single logit?): one logit for two classes when asked or when the model has one."""
+    info = get_model_info(cfg.model)
+    single = cfg.single_logit or info.num_classes == 1
+    if single and num_classes != 2:
+        if cfg.single_logit:
+            raise CnnlabError(f"--single-logit needs a two-class dataset; {cfg.dataset} has {num_classes} classes")
+        single = False  # a one-logit model asked to learn many classes gets one output per class
+    return (1 if single else num_classes), single
+
+
+def backbone_frozen(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether the backbone is frozen during `epoch` (0-based): --freeze-backbone, or before --unfreeze-after."""
+    if cfg.unfreeze_after:
+        return epoch < cfg.unfreeze_after
+    return cfg.freeze_backbone or cfg.feature_extraction
+
+
+def build_model(cfg: TrainConfig, data: RunData, env: DistEnv, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(net, model): the registry's model for the data, on the device; model is net, or net wrapped by DDP and
+    torch.compile."""
+    n_out, _ = output_classes(cfg, len(data.info.classes))
+    kwargs = dict(cfg.model_kwargs)
+    if cfg.weights is not None:
+        kwargs["weights"] = cfg.weights
+    input_size = (data.pipeline.channels, *data.pipeline.size)
+    net = get_model(cfg.model, num_classes=n_out, input_size=input_size, **kwargs)
+    if backbone_frozen(cfg, epoch=0):
+        from cnnlab.models.backbones import freeze_backbone
+
+        # Before DDP wraps the model: it registers the trainable parameters once, at construction.
+        freeze_backbone(net, True)
+        if cfg.unfreeze_after and env.enabled:
+            raise CnnlabError("--unfreeze-after needs one process: DDP registers the trainable parameters once, so "
+                              "an unfrozen backbone would not be synchronized; drop --nproc, or keep the backbone "
+                              "frozen with --freeze-backbone alone")
+    if cfg.sync_bn and env.enabled:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net = net.to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = net
+    if env.enabled:
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    return net, model
+
+
+def set_train_mode(net: nn.Module, cfg: TrainConfig, epoch: int) -> None:
+    """Training mode for `epoch`, the backbone frozen (weights and BatchNorm statistics) while the config says so."""
+    net.train()
+    if backbone_frozen(cfg, 0) and not cfg.feature_extraction:  # feature extraction trains a head alone
+        from cnnlab.models.backbones import freeze_backbone
+
+        # Decided from the epoch, not toggled once, so a run resumed after --unfreeze-after is unfrozen too.
+        freeze_backbone(net, backbone_frozen(cfg, epoch))
+
+
+def build_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
+    """Param groups: no weight decay on biases and norm layers; a backbone/head split for transfer learning."""
+    head = set()
+    if getattr(net, "head_names", None):
+        from cnnlab.models.backbones import head_parameters
+
+        head = {id(p) for p in head_parameters(net)}
+    groups: dict[tuple[bool, bool], list] = {}
+    for p in net.parameters():
+        is_backbone = bool(head) and id(p) not in head
+        groups.setdefault((p.ndim <= 1, is_backbone), []).append(p)
+    params = [
+        {"params": ps, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+         "lr_scale": cfg.backbone_lr_scale if backbone and cfg.unfreeze_after else 1.0}
+        for (no_decay, backbone), ps in groups.items()
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
+def build_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+    """The learning rate of every step of the run, from the epoch-based settings."""
+    return Schedule(cfg.schedule, cfg.lr, total_steps=steps_per_epoch * cfg.epochs,
+                    warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+                    step_size=max(1, round(cfg.step_epochs * steps_per_epoch)), gamma=cfg.gamma)
+
+
+# ---------------------------------------------------------------- all of it
+
+
+def build(cfg: TrainConfig, run_dir: Path | None = None) -> Job:
+    """Wire up a run: data -> model -> loss -> optimizer -> schedule -> run folder."""
+    device, env = start_process(cfg)
+    data = build_data(cfg, env, device)
+    net, model = build_model(cfg, data, env, device)
+    _, single = output_classes(cfg, len(data.info.classes))
+    if run_dir is None:
+        run_dir = shared_run_dir(cfg, env, needed_bytes=checkpoint_bytes(net))
+    return Job(cfg=cfg, env=env, device=device, net=net, model=model, classifier=Classifier(net),
+               criterion=Criterion(single_logit=single, label_smoothing=cfg.label_smoothing),
+               optimizer=build_optimizer(cfg, net), scaler=torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16"),
+               schedule=build_schedule(cfg, len(data.train)), data=data, run_dir=run_dir)
+
+
+def describe(job: Job) -> dict[str, Any]:
+    """What the config turned into (config.json's "resolved"): sizes, classes, normalization, device."""
+    whole, data = job.classifier.module, job.data
+    return {
+        "input_size": list(whole.spec.input_size),
+        "num_outputs": whole.spec.num_classes,
+        "single_logit": job.criterion.single_logit,
+        "classes": list(data.info.classes),
+        "dataset": data.info.name,
+        "train_images": data.train.num_samples * job.env.world_size,
+        "val_images": len(data.val.targets) if data.val else 0,
+        "test_images": len(data.test.targets),
+        "pipeline": data.pipeline.to_dict(),
+        "augment": data.augment.describe(),
+        "device": str(job.device),
+        "world_size": job.env.world_size,
+        "parameters": sum(p.numel() for p in whole.parameters()),
+        "steps_per_epoch": len(data.train),
+        "weights": getattr(whole, "weights_info", None),  # where a torchvision backbone's weights came from
+    }
