@@ -61,7 +61,9 @@ class TrainConfig:
     gamma: float = opt(0.7, "step schedule: the factor")
     label_smoothing: float = opt(0.0, "label smoothing for the cross-entropy (0.1 is common)")
     grad_clip: float = opt(0.0, "clip the gradient's global norm to this (0: off)")
-    amp: str = opt("off", "mixed precision: bf16 or fp16 autocast (fp16 on CUDA only)", choices=("off", "bf16", "fp16"))
+    amp: str = opt("off", "mixed precision: bf16 or fp16 autocast (fp16 on CUDA only); auto: bf16 where the hardware "
+                          "computes it natively (CPUs with AVX-512 BF16 or AMX, recent CUDA GPUs), else off",
+                   choices=("off", "auto", "bf16", "fp16"))
     # ---- device and reproducibility
     device: str = opt("auto", "where to train", choices=("auto", "cpu", "cuda", "mps"), resume=True)
     seed: int = opt(0, "random seed: the same seed gives the same run")

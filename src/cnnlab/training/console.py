@@ -33,6 +33,7 @@ class Printer:
         print(f"{verb} {cfg.model} ({r['parameters']:,} parameters) on {r['dataset']}: "
               f"{r['train_images']:,} train / {r['val_images']:,} val / {r['test_images']:,} test images, "
               f"input {'x'.join(map(str, r['input_size']))}, augment {r['augment']}, {r['device']}"
+              + (f" with {cfg.amp} autocast" if cfg.amp != "off" else "")
               + (f" x {world} processes, {_threads(cfg)}" if world > 1 else ""))
         print(f"run folder: {self.run_dir}")
 

@@ -115,12 +115,12 @@ register_recipe(Recipe(
 # once at the end: no model selection looks at the test set.
 _FAST = {
     "model": "fastnet", "val_size": 0, "optimizer": "sgd", "momentum": 0.9, "nesterov": True,
-    "weight_decay": 5e-4, "schedule": "onecycle", "label_smoothing": 0.1, "amp": "bf16", "channels_last": True,
+    "weight_decay": 5e-4, "schedule": "onecycle", "label_smoothing": 0.1, "amp": "auto", "channels_last": True,
 }
 register_recipe(Recipe(
     "fast-mnist",
     "fastnet (0.68M mult-adds/image) for one epoch on all 60,000 MNIST images: SGD Nesterov lr 0.6, batch 256, "
-    "weight decay 3e-3, one-cycle, label smoothing 0.1, bf16 autocast, channels-last, no augmentation",
+    "weight decay 3e-3, one-cycle, label smoothing 0.1, bf16 autocast where native, channels-last, no augmentation",
     _FAST | {"dataset": "mnist", "epochs": 1, "batch_size": 256, "lr": 0.6, "weight_decay": 3e-3, "augment": "none"},
 ))
 _WIDE = {  # fastnet at 5.6M mult-adds: a stride-2 5x5 conv to 14x14, a 3x3 conv, max-pool to 7x7, a 3x3 conv to
@@ -132,7 +132,7 @@ register_recipe(Recipe(
     "best-mnist",
     "fastnet widened to 32-64-128 channels with a flatten head (5.6M mult-adds/image), 12 epochs on all 60,000 "
     "MNIST images with random shifts (2 px), rotations (10 degrees) and zoom (10%): SGD Nesterov lr 0.2, batch 128, "
-    "one-cycle, label smoothing 0.1, bf16 autocast, channels-last",
+    "one-cycle, label smoothing 0.1, bf16 autocast where native, channels-last",
     _FAST | {"dataset": "mnist", "epochs": 12, "batch_size": 128, "lr": 0.2, "model_kwargs": _WIDE,
              "augment": "translate=2,degrees=10,scale=0.1"},
 ))
@@ -140,7 +140,7 @@ register_recipe(Recipe(
     "fast-fashion",
     "fastnet 16-48-96 with a flatten head (2.4M mult-adds/image: a stride-2 3x3 conv to 14x14, a 3x3 conv, max-pool "
     "to 7x7, a 3x3 conv to 5x5), 4 epochs on all 60,000 Fashion-MNIST images with random flips, tested with flip "
-    "TTA: SGD Nesterov lr 0.4, batch 256, one-cycle, label smoothing 0.1, bf16 autocast, channels-last",
+    "TTA: SGD Nesterov lr 0.4, batch 256, one-cycle, label smoothing 0.1, bf16 autocast where native, channels-last",
     _FAST | {"dataset": "fashion-mnist", "epochs": 4, "batch_size": 256, "lr": 0.4, "augment": "flip", "tta": "flip",
              "model_kwargs": {"widths": [16, 48, 96], "kernels": [3, 3, 3], "strides": [2, 1, 1],
                               "pools": [False, True, False], "padding": ["same", "same", "valid"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,18 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The autocast a run uses. "auto" is bf16 only where the hardware computes it natively: elsewhere bf16 is
+    emulated and slower than float32 (fast-mnist's epoch took 7.5x as long on an AVX2-only CPU, measured)."""
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "off"
+    if device.type == "cpu":
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "off"  # oneDNN: AVX-512 BF16 or AMX
+    return "off"
 
 
 def start_process(cfg: TrainConfig) -> tuple[torch.device, DistEnv]:
@@ -287,6 +300,7 @@ def build_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
 def build(cfg: TrainConfig, run_dir: Path | None = None) -> Job:
     """Wire up a run: data -> model -> loss -> optimizer -> schedule -> run folder."""
     device, env = start_process(cfg)
+    cfg = dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, device))  # what ran is what config.json records
     data = build_data(cfg, env, device)
     net, model = build_model(cfg, data, env, device)
     _, single = output_classes(cfg, len(data.info.classes))
