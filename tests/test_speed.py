@@ -77,7 +77,7 @@ def test_fastnet_costs_what_its_description_says() -> None:
 @pytest.mark.parametrize("name", ["fast-mnist", "best-mnist", "fast-fashion"])
 def test_speed_recipes_resolve_and_build(name: str) -> None:
     cfg = resolve({"recipe": name})
-    assert cfg.val_size == 0 and cfg.amp == "bf16" and cfg.channels_last
+    assert cfg.val_size == 0 and cfg.amp == "auto" and cfg.channels_last  # bf16 only where the hardware has it
     net = cnnlab.get_model(cfg.model, **cfg.model_kwargs)
     assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
