@@ -68,7 +68,7 @@ def test_export_matches_torch_on_real_images(exports, digits_run, bn_run, name, 
     assert result.check.images == 16 and result.check.source == "digits test images"
     assert result.check.max_abs_diff <= 1e-4, result.check
     run = load_run(digits_run if name == "lenet" else bn_run)
-    predictor = load_predictor(result.path)
+    predictor = load_predictor(result.path, trust_code=fmt == "torchscript")  # TorchScript is code: trusted here
     assert isinstance(predictor, OnnxPredictor if fmt == "onnx" else TorchScriptPredictor)
     x = _test_batch(run)
     reference = run.logits(x)
@@ -82,7 +82,7 @@ def test_metadata_round_trips(exports, bn_run) -> None:
     run = load_run(bn_run)
     expected = ExportMetadata.from_run(run)
     for fmt in ("onnx", "torchscript"):
-        predictor = load_predictor(exports[("fastnet", fmt)].path)
+        predictor = load_predictor(exports[("fastnet", fmt)].path, trust_code=True)
         assert predictor.meta == expected
         assert predictor.classes == run.classes and predictor.input_size == run.input_size
         assert predictor.pipeline == run.pipeline and predictor.outputs_are_probs is False
@@ -129,10 +129,13 @@ def test_cli_export_prints_the_check(digits_run, digit_pngs, tmp_path, capsys) -
     assert f"to {out} (TorchScript" in text
     assert "check: 3 given images" in text and "max |torchscript - torch|" in text and text.count(": ok") == 1
     assert f"cnnlab predict {out} IMAGE" in text
-    assert isinstance(load_predictor(out), TorchScriptPredictor)
-    renamed = tmp_path / "lenet.pt"  # found by its embedded metadata, whatever the file is called
+    assert isinstance(load_predictor(out, trust_code=True), TorchScriptPredictor)
+    renamed = tmp_path / "lenet.pt"  # recognized by its contents, whatever the file is called: and refused untrusted
     renamed.write_bytes(out.read_bytes())
-    assert isinstance(load_predictor(renamed), TorchScriptPredictor)
+    assert isinstance(load_predictor(renamed, trust_code=True), TorchScriptPredictor)
+    for path in (out, renamed):
+        with pytest.raises(CnnlabError, match="TorchScript model: loading it runs the code inside it"):
+            load_predictor(path)
 
 
 def test_missing_corrupt_and_foreign_onnx_files_are_clear_errors(exports, digit_pngs, tmp_path, capsys) -> None:

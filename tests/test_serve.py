@@ -473,7 +473,7 @@ def test_serve_an_exported_model(digits_run: Path, tmp_path: Path, digits) -> No
     """An exported file predicts like its run; feature maps and Grad-CAM need the PyTorch run (501)."""
     from cnnlab.apps.export import export_run
 
-    path = export_run(digits_run, "torchscript", out=tmp_path / "lenet.torchscript").path
+    path = export_run(digits_run, "onnx", out=tmp_path / "lenet.onnx").path
     exported = TestClient(create_app(path))
     info = exported.get("/api/model").json()
     assert info["name"] == "lenet" and info["dataset"] == "digits" and info["can_explain"] is False

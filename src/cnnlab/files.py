@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,11 +24,18 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
+STALE_AFTER_S = 60.0  # a temp file this old is a killed writer's, not one being written now
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temp path to write; on success it replaces `path` in one rename, on failure it is removed."""
+    """Yield a temp path to write; on success it replaces `path` in one rename, on failure it is removed.
+
+    Temp files of earlier writes of `path` that a killed process left behind are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphans(path, suffix)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600 files; results should be as readable as any other file
@@ -38,6 +47,17 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         _fsync_dir(path.parent)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def remove_orphans(path: Path, suffix: str = ".tmp") -> None:
+    """Delete `.<name>.*<suffix>` files beside `path` older than STALE_AFTER_S: left by a writer that was killed."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*{suffix}"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_AFTER_S:
+                tmp.unlink()
+        except OSError:  # gone already, or not ours to delete: it costs only disk space
+            pass
 
 
 def _fsync_dir(folder: Path) -> None:

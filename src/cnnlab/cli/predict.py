@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", choices=TTA_MODES, default="none",
                    help="test-time augmentation: flip averages each image with its mirror (default: none)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--trust-code", action="store_true",
+                   help="allow a TorchScript model: loading one runs the code inside it, so only for files whose "
+                   "source you trust (ONNX models and run folders never run code)")
     p.set_defaults(func=run)
 
 
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.apps.export import load_predictor
     from cnnlab.data.images import BadImageError
 
-    predictor = load_predictor(args.run)
+    predictor = load_predictor(args.run, trust_code=args.trust_code)
     files = expand(args.images)
     if not files:
         print("error: no image files found", file=sys.stderr)

@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MiB (default: 10)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="largest accepted image in pixels, checked before decoding (default: 25,000,000)")
+    p.add_argument("--trust-code", action="store_true",
+                   help="allow a TorchScript model: loading one runs the code inside it (only for trusted files)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default: info)")
     p.set_defaults(func=run)
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise CnnlabError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     if args.run is None and not default_run_dir().exists():
         print(f"training the default model (LeNet on the bundled digits) into {default_run_dir()} ...", flush=True)
-    model = ServedModel.load(args.run)
+    model = ServedModel.load(args.run, trust_code=args.trust_code)
     print(f"serving {model.name}: {model.source}", flush=True)
     app = create_app(model=model, max_upload_bytes=int(args.max_upload_mb * 2**20),
                      max_pixels=args.max_pixels or MAX_PIXELS)

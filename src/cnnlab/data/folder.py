@@ -104,6 +104,11 @@ def scan_folder(root: Path) -> FolderScan:
             scan.files[split], scan.targets[split] = f, t
             scan.skipped += s
             scan.gray = scan.gray and g
+    counts = torch.bincount(torch.tensor(targets), minlength=len(classes)).tolist()
+    for name, n in zip(classes, counts):
+        if n == 1 and len(layout) == 1:  # one folder for everything: its splits are carved from train
+            print(f"warning: class {name!r} has one image in {root}: it cannot be in both the training and the test "
+                  f"split (add images to {layout['train'] / name})", file=sys.stderr)
     if scan.skipped:
         print(f"skipped {len(scan.skipped)} unreadable file(s) in {root}:", file=sys.stderr)
         for path, reason in scan.skipped:

@@ -10,7 +10,7 @@ from typing import Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from cnnlab.errors import CnnlabError
 
@@ -29,9 +29,13 @@ class BadImageError(CnnlabError):
 def open_image(
     source: ImageLike | Path, max_pixels: int | None = None, draft: tuple[int, int] | None = None
 ) -> Image.Image:
-    """Open and fully decode an image from a path, bytes or PIL image; corrupt input raises BadImageError.
+    """Open and fully decode an image from a path, bytes or PIL image, turned as its EXIF orientation says (a phone
+    photo taken upright comes out upright); corrupt input raises BadImageError.
 
-    `draft` (H, W) lets JPEG decode at a reduced scale that is still at least that size: much faster on photos.
+    `max_pixels` is the limit for input from others (the server's uploads): over it, or over Pillow's own
+    decompression-bomb threshold, the image is refused before decoding. Without it (your own files) only Pillow's
+    hard limit applies, so a 10000x10000 photo opens. `draft` (H, W) lets JPEG decode at a reduced scale that is
+    still at least that size: much faster on photos.
     """
     if isinstance(source, Image.Image):
         return source
@@ -39,7 +43,7 @@ def open_image(
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("error" if max_pixels is not None else "ignore", Image.DecompressionBombWarning)
             img = Image.open(fp)
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:
@@ -47,6 +51,7 @@ def open_image(
             if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
                 img.draft(img.mode, (draft[1], draft[0]))
             img.load()
+            ImageOps.exif_transpose(img, in_place=True)
     except FileNotFoundError:
         raise BadImageError(f"{name}: no such file") from None
     except IsADirectoryError:
@@ -122,7 +127,9 @@ def list_image_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """Files under `folder` (recursively, hidden ones ignored): (likely images, other files)."""
     images, others = [], []
     for path in sorted(folder.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if not path.is_file() and not (path.is_symlink() and not path.exists()):  # a dangling link is a bad file
             continue
         (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
     return images, others

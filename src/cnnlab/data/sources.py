@@ -91,22 +91,55 @@ def read_mnist_family(info: DatasetInfo, data_dir: Path) -> Arrays:
 # ---------------------------------------------------------------- CIFAR-10 / CIFAR-100 (python pickle batches)
 
 
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles exactly what a CIFAR batch holds (dicts, lists, strings, bytes, numbers, numpy arrays) and refuses
+    anything else: a pickle can name any function to call, so a crafted batch file could otherwise run code."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),  # numpy 1 and 2
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # arrays in protocol 5
+        ("_codecs", "encode"),  # how protocol 2 pickles store bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks to load {module}.{name}, which no CIFAR batch contains")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            batch = CifarUnpickler(f, encoding="latin1").load()
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise CnnlabError(f"{path}: not a CIFAR batch file ({exc})") from None
+        raise CnnlabError(f"{path} is not a CIFAR batch file ({exc}); refused, nothing in it was run") from None
+    if not isinstance(batch, dict):
+        raise CnnlabError(f"{path} is not a CIFAR batch file (it holds a {type(batch).__name__}, not a dict)")
+    return batch
+
+
+def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, list[int]]:
+    """(images (N, 3, 32, 32) uint8, labels) of one batch file, its shape and labels checked."""
+    batch = _unpickle(path)
+    try:
+        data, labels = np.asarray(batch["data"]), [int(v) for v in batch[label_key]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CnnlabError(f"{path} is not a CIFAR batch file (no usable 'data' and {label_key!r}: {exc})") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise CnnlabError(f"{path} is not a CIFAR batch file: 'data' is {data.dtype} of shape {data.shape} for "
+                          f"{len(labels)} labels; expected uint8 of shape (N, 3072) with N labels")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def _cifar_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []
     for p in paths:
-        batch = _unpickle(p)
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(batch[label_key])
+        data, targets = _cifar_batch(p, label_key)
+        images.append(data)
+        labels.extend(targets)
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
 
 

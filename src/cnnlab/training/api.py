@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,9 @@ from cnnlab.errors import CnnlabError
 from cnnlab.training.checkpoint import find_checkpoint, load_checkpoint
 from cnnlab.training.config import RESUMABLE, TrainConfig, resolve
 from cnnlab.training.run import Run
-from cnnlab.training.runner import OnStep, fit
+from cnnlab.training.runner import OnStep, fit, stop_reason
 from cnnlab.training.setup import build
-from cnnlab.training.state import TrainState, restore
+from cnnlab.training.state import TrainState, progress, restore
 
 
 def train(config: TrainConfig | None = None, on_step: OnStep | None = None, **settings: Any) -> Run:
@@ -25,15 +26,20 @@ def train(config: TrainConfig | None = None, on_step: OnStep | None = None, **se
         return resume(resume_from, on_step=on_step, **{k: v for k, v in settings.items() if k != "resume"})
     cfg = resolve(settings, base=config)
     job = build(cfg)
-    if cfg.feature_extraction:
-        from cnnlab.training.features import embeddings_job
+    try:
+        if cfg.feature_extraction:
+            from cnnlab.training.features import embeddings_job
 
-        job = embeddings_job(job)
-    return fit(job, TrainState(), on_step=on_step)
+            job = embeddings_job(job)
+        return fit(job, TrainState(), on_step=on_step)
+    finally:
+        if job.lock is not None:
+            job.lock.release()
 
 
 def resume(run: str | Path, on_step: OnStep | None = None, **overrides: Any) -> Run:
-    """Continue a run from its last checkpoint; `epochs` (and output options) may be changed."""
+    """Continue a run from its last checkpoint: the rest of its training, or whatever it had not written yet (its
+    results, killed during the final test). `epochs` (and output options) may be changed."""
     path = find_checkpoint(run, "last")
     ckpt = load_checkpoint(path)
     refused = set(overrides) - set(RESUMABLE)
@@ -47,8 +53,28 @@ def resume(run: str | Path, on_step: OnStep | None = None, **overrides: Any) -> 
                           "come from the cache, so it takes seconds")
     cfg = resolve({**saved, "recipe": None, **overrides})
     run_dir = path.parent.parent
+    if finished(ckpt, cfg, run_dir):
+        raise CnnlabError(f"{run_dir} already finished its training and wrote its results; resume with --epochs N to "
+                          f"train longer")
     job = build(cfg, run_dir=run_dir)
-    state = restore(job, ckpt)
-    if state.epoch >= cfg.epochs and state.meter is None:
-        raise CnnlabError(f"{run_dir} already finished its {cfg.epochs} epochs; resume with --epochs N to train longer")
-    return fit(job, state, on_step=on_step, resumed=True)
+    try:
+        return fit(job, restore(job, ckpt), on_step=on_step, resumed=True)
+    finally:
+        if job.lock is not None:
+            job.lock.release()
+
+
+def finished(ckpt: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> bool:
+    """Whether nothing is left to do: no more training under these settings, and the results are written."""
+    state = progress(ckpt)
+    trains = state.meter is not None or (state.epoch < cfg.epochs and stop_reason(cfg, state) is None)
+    return not trains and ckpt.get("status") == "completed" and results_written(run_dir)
+
+
+def results_written(run_dir: Path) -> bool:
+    """Whether results.json holds a finished run's test metrics."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and results.get("status") == "completed" and "test_acc" in results

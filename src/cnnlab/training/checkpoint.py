@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +54,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"no checkpoint at {path}")
+    if is_torchscript_archive(path):
+        raise CnnlabError(f"{path} is a TorchScript model, not a cnnlab checkpoint: it holds code, and cnnlab reads "
+                          f"only weights from a run folder (to predict with it anyway: cnnlab predict --trust-code)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CnnlabError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CnnlabError(f"{path} is corrupt or not a checkpoint ({type(exc).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint")
     if ckpt.get("version", 0) > VERSION:
         raise CnnlabError(f"{path} was written by a newer cnnlab (format {ckpt['version']}); upgrade cnnlab")
     return ckpt
+
+
+def is_torchscript_archive(path: str | Path) -> bool:
+    """Whether a file is a TorchScript archive (a zip with compiled code inside), whatever its name."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name for name in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def find_checkpoint(run: str | Path, which: str = "best") -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +17,37 @@ from cnnlab.training.schedule import SCHEDULES
 TTA_MODES = ("none", "flip")  # test-time augmentation (see tta.py)
 
 
-def opt(default: Any, help: str, choices: tuple | None = None, resume: bool = False) -> Any:
-    """A setting: its default, the help line the CLI shows, optional choices, and whether a resume may change it."""
-    meta = {"help": help, "choices": choices, "resume": resume}
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a number setting: finite, from `low` to `high` (None: no bound), ends included unless
+    `low_open` / `high_open`."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or self.low_open and value == self.low):
+            return False
+        return self.high is None or value < self.high or not self.high_open and value == self.high
+
+    def __str__(self) -> str:
+        low = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = None if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        return " and ".join(t for t in (low, high) if t) or "a finite number"
+
+
+POSITIVE, COUNT, AT_LEAST_1 = Range(0, low_open=True), Range(0), Range(1)
+FRACTION = Range(0, 1, high_open=True)
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, resume: bool = False, valid: Range | None = None) -> Any:
+    """A setting: its default, the help line the CLI shows, optional choices or valid range, and whether a resume
+    may change it."""
+    meta = {"help": help, "choices": choices, "resume": resume, "valid": valid}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -42,58 +71,66 @@ class TrainConfig:
     download: bool = opt(False, "download the dataset if it is missing (needs the internet)")
     val_size: float = opt(-1.0, "validation carve-out: a fraction (<1) or a count of training images; "
                                 "0: none; -1: the dataset default (5,000 for MNIST-like datasets, else a tenth)")
-    subset: int = opt(0, "train on a stratified subset of this many training images (0: all), for quick runs")
+    subset: int = opt(0, "train on a stratified subset of this many training images (0: all), for quick runs",
+                      valid=COUNT)
     augment: str = opt("auto", "augmentation: auto, none, or e.g. 'translate=2,flip,cutout=8,degrees=10'")
     normalize: bool = opt(True, "subtract the dataset mean and divide by its std (off: pixels in [0, 1])")
     tta: str = opt("none", "test-time augmentation of the final test: none, or flip (the mean of each image's "
                            "outputs and its mirror's; only where mirroring keeps the label)", choices=TTA_MODES)
     # ---- optimization
-    epochs: int = opt(15, "passes over the training split", resume=True)
-    batch_size: int = opt(64, "images per step (per process when distributed)")
+    epochs: int = opt(15, "passes over the training split", resume=True, valid=AT_LEAST_1)
+    batch_size: int = opt(64, "images per step (per process when distributed)", valid=AT_LEAST_1)
     optimizer: str = opt("adamw", "optimizer", choices=("sgd", "adam", "adamw"))
-    lr: float = opt(3e-3, "peak learning rate")
-    momentum: float = opt(0.9, "SGD momentum (0: plain SGD); Adam's beta1")
+    lr: float = opt(3e-3, "peak learning rate", valid=POSITIVE)
+    momentum: float = opt(0.9, "SGD momentum (0: plain SGD); Adam's beta1", valid=FRACTION)
     nesterov: bool = opt(False, "Nesterov momentum for SGD")
-    weight_decay: float = opt(5e-4, "weight decay (not applied to biases and norm layers)")
+    weight_decay: float = opt(5e-4, "weight decay (not applied to biases and norm layers)", valid=COUNT)
     schedule: str = opt("onecycle", "learning-rate schedule", choices=SCHEDULES)
-    warmup_epochs: float = opt(0.0, "linear warm-up over this many epochs (any schedule)")
-    step_epochs: float = opt(1.0, "step schedule: multiply the rate by --gamma every this many epochs")
-    gamma: float = opt(0.7, "step schedule: the factor")
-    label_smoothing: float = opt(0.0, "label smoothing for the cross-entropy (0.1 is common)")
-    grad_clip: float = opt(0.0, "clip the gradient's global norm to this (0: off)")
+    warmup_epochs: float = opt(0.0, "linear warm-up over this many epochs (any schedule)", valid=COUNT)
+    step_epochs: float = opt(1.0, "step schedule: multiply the rate by --gamma every this many epochs", valid=POSITIVE)
+    gamma: float = opt(0.7, "step schedule: the factor", valid=POSITIVE)
+    label_smoothing: float = opt(0.0, "label smoothing for the cross-entropy (0.1 is common)", valid=FRACTION)
+    grad_clip: float = opt(0.0, "clip the gradient's global norm to this (0: off)", valid=COUNT)
     amp: str = opt("off", "mixed precision: bf16 or fp16 autocast (fp16 on CUDA only); auto: bf16 where the hardware "
                           "computes it natively (CPUs with AVX-512 BF16 or AMX, recent CUDA GPUs), else off",
                    choices=("off", "auto", "bf16", "fp16"))
     # ---- device and reproducibility
     device: str = opt("auto", "where to train", choices=("auto", "cpu", "cuda", "mps"), resume=True)
-    seed: int = opt(0, "random seed: the same seed gives the same run")
+    seed: int = opt(0, "random seed: the same seed gives the same run", valid=Range(0, 2**63, high_open=True))
     deterministic: bool = opt(False, "use only deterministic kernels (slower on GPU)")
-    threads: int = opt(0, "CPU threads for torch (0: torch's default)", resume=True)
+    threads: int = opt(0, "CPU threads for torch (0: torch's default)", resume=True, valid=COUNT)
     channels_last: bool = opt(False, "channels-last memory format (faster convolutions on some hardware)")
     compile: bool = opt(False, "torch.compile the model (pays off on long runs)")
     # ---- when to stop
-    target_acc: float | None = opt(None, "stop once validation accuracy reaches this (0.99 or 99)", resume=True)
-    patience: int = opt(0, "stop after this many epochs without a better validation accuracy (0: off)", resume=True)
-    max_time: float = opt(0.0, "stop after this many seconds of training (0: no limit)", resume=True)
+    target_acc: float | None = opt(None, "stop once validation accuracy reaches this (0.99 or 99)", resume=True,
+                                   valid=Range(0, 100, low_open=True))
+    patience: int = opt(0, "stop after this many epochs without a better validation accuracy (0: off)", resume=True,
+                        valid=COUNT)
+    max_time: float = opt(0.0, "stop after this many seconds of training (0: no limit)", resume=True, valid=COUNT)
+    checkpoint_every: float = opt(300.0, "also save a resumable checkpoint every this many seconds inside an epoch, so "
+                                         "a killed run loses at most that (0: at epoch ends only)", resume=True,
+                                  valid=COUNT)
     # ---- output
     out: str | None = opt(None, "run folder (default: runs/<model>-<dataset>-<time>)")
+    overwrite: bool = opt(False, "replace the run already in --out (its files are deleted); without it such a "
+                                 "folder is refused")
     runs_dir: str = opt("runs", "parent folder of run folders when --out is not given")
     quiet: bool = opt(False, "print only the final result", resume=True)
     json: bool = opt(False, "print one JSON object per epoch and one at the end, for scripts", resume=True)
     tensorboard: bool = opt(False, "also log scalars and sample images for TensorBoard (run folder/tb)", resume=True)
-    probe_every: int = opt(0, "every N epochs, record first-layer filters and feature maps for the report")
-    eval_batch_size: int = opt(1000, "images per step when evaluating")
-    num_workers: int = opt(2, "decoding processes for folders too large to keep in memory", resume=True)
+    probe_every: int = opt(0, "every N epochs, record first-layer filters and feature maps for the report", valid=COUNT)
+    eval_batch_size: int = opt(1000, "images per step when evaluating", valid=AT_LEAST_1)
+    num_workers: int = opt(2, "decoding processes for folders too large to keep in memory", resume=True, valid=COUNT)
     # ---- transfer learning
     freeze_backbone: bool = opt(False, "train only the new head of a pretrained backbone (its BatchNorm "
                                        "statistics stay fixed too)")
     unfreeze_after: int = opt(0, "train only the head for this many epochs, then fine-tune the whole network "
-                                 "(implies --freeze-backbone; 0: never unfreeze)")
-    backbone_lr_scale: float = opt(0.1, "the backbone's learning rate as a fraction of --lr once unfrozen")
+                                 "(implies --freeze-backbone; 0: never unfreeze)", valid=COUNT)
+    backbone_lr_scale: float = opt(0.1, "the backbone's learning rate as a fraction of --lr once unfrozen", valid=COUNT)
     feature_extraction: bool = opt(False, "embed the images once with the frozen backbone (cached on disk, no "
                                           "augmentation), then fit only a linear head on them, in seconds")
     # ---- several processes
-    nproc: int = opt(1, "train with this many processes on this machine (launches torchrun)")
+    nproc: int = opt(1, "train with this many processes on this machine (launches torchrun)", valid=AT_LEAST_1)
     sync_bn: bool = opt(False, "synchronize BatchNorm statistics across processes")
     resume: str | None = opt(None, "continue the run in this folder (or checkpoint) exactly where it stopped")
 
@@ -113,8 +150,12 @@ def _base_type(name: str) -> type:
     return args[0] if args else hint
 
 
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def coerce(name: str, value: Any) -> Any:
-    """Convert a CLI string or a Python value to the field's type, with a clear error."""
+    """Convert a CLI string or a Python value to the field's type, with a clear error (nothing is rounded or
+    guessed: 2.5 epochs or "maybe" for a yes/no setting are errors)."""
     if name not in FIELDS:
         known = ", ".join(FIELDS)
         raise CnnlabError(f"unknown training setting {name!r}; known settings: {known}")
@@ -123,12 +164,18 @@ def coerce(name: str, value: Any) -> Any:
         return value
     try:
         if kind is dict:
-            return json.loads(value) if isinstance(value, str) else dict(value)
+            value = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(value, dict):
+                raise ValueError("a JSON object is needed, e.g. '{\"pool2\": \"avg\"}'")
+            return dict(value)
         if kind is bool:
-            return str(value).lower() in ("1", "true", "yes", "on")
+            return BOOLEANS[str(value).strip().lower()]
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("a whole number is needed")
         return kind(value)
-    except (TypeError, ValueError) as exc:
-        raise CnnlabError(f"setting {name}={value!r}: expected {kind.__name__} ({exc})") from None
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        reason = "true or false" if kind is bool else str(exc)
+        raise CnnlabError(f"setting {name}={value!r}: expected {kind.__name__} ({reason})") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,13 +224,15 @@ def resolve(settings: dict[str, Any] | None = None, base: TrainConfig | None = N
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Reject settings that cannot work, with the fix in the message."""
-    if cfg.epochs < 1:
-        raise CnnlabError(f"--epochs must be at least 1, got {cfg.epochs}")
-    if cfg.batch_size < 1 or cfg.eval_batch_size < 1:
-        raise CnnlabError("--batch-size and --eval-batch-size must be at least 1")
-    if cfg.lr <= 0:
-        raise CnnlabError(f"--lr must be positive, got {cfg.lr}")
+    """Reject settings that cannot work, with the valid range or the fix in the message."""
+    for name, f in FIELDS.items():
+        value, valid = getattr(cfg, name), f.metadata["valid"]
+        if valid is not None and value is not None and value not in valid:
+            raise CnnlabError(f"--{name.replace('_', '-')} must be {valid}, got {value}")
+    whole = math.isfinite(cfg.val_size) and float(cfg.val_size).is_integer() and cfg.val_size >= 1
+    if not (cfg.val_size == -1 or 0 <= cfg.val_size < 1 or whole):
+        raise CnnlabError(f"--val-size must be a fraction in [0, 1), a whole number of images, or -1 (the dataset's "
+                          f"default), got {cfg.val_size}")
     if cfg.target_acc is not None and cfg.target_acc > 1:
         cfg.target_acc = cfg.target_acc / 100.0  # 99 means 99%
     if cfg.feature_extraction and cfg.unfreeze_after:
@@ -194,6 +243,9 @@ def validate(cfg: TrainConfig) -> None:
                           "drop --tta")
     if cfg.feature_extraction and cfg.nproc > 1:
         raise CnnlabError("--feature-extraction runs in one process (fitting the head takes seconds); drop --nproc")
+    if cfg.feature_extraction and cfg.probe_every:
+        raise CnnlabError("--feature-extraction keeps the backbone's filters fixed: there is nothing for "
+                          "--probe-every to follow; drop it")
     for name in ("optimizer", "schedule", "amp", "device", "tta"):
         choices = FIELDS[name].metadata["choices"]
         if getattr(cfg, name) not in choices:

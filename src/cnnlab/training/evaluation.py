@@ -85,10 +85,25 @@ def evaluate_run(run: Run, dataset: str | None = None, split: str = "test", data
     val_size = None if val_size is None or val_size < 0 else (val_size if 0 < val_size < 1 else int(val_size))
     data = get_dataset(name, split, data_dir or cfg.get("data_dir"), val_size=val_size,
                        image_size=tuple(run.input_size[1:]))
-    if len(data.classes) != len(run.classes):
-        raise CnnlabError(f"{name} has {len(data.classes)} classes but the model was trained on {len(run.classes)}")
+    check_same_kind(data, name, run)
     tta = check_tta(cfg.get("tta", "none") if tta is None else tta, data.info.flip_ok, data.info.name)
     pipe = dataclasses.replace(run.pipeline, source_channels=data.info.channels)
     outputs = evaluate(run.model, BatchLoader(data, batch_size, pipe), Criterion(run.single_logit), tta)
     rep = metrics.report(outputs.logits, outputs.targets, outputs.loss, run.classes, run.outputs_are_probs)
     return EvalResult(rep, name, outputs, data, run, tta)
+
+
+def check_same_kind(data, name: str, run: Run) -> None:
+    """Refuse data the model was not trained for: other classes, or other channels, than its checkpoint records."""
+    if tuple(data.classes) != tuple(run.classes):
+        def shown(classes) -> str:
+            return ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
+
+        raise CnnlabError(f"{name}'s classes ({len(data.classes)}: {shown(data.classes)}) are not the ones the model "
+                          f"was trained on ({len(run.classes)}: {shown(run.classes)}); evaluate it on its own "
+                          f"dataset ({run.checkpoint.get('dataset', '?')}) or one with the same classes")
+    trained = run.pipeline.source_channels
+    if data.info.channels != trained:
+        raise CnnlabError(f"{name} has {data.info.channels}-channel images but the model was trained on "
+                          f"{trained}-channel ones ({run.checkpoint.get('dataset', '?')}); evaluate it on data like "
+                          f"its own")

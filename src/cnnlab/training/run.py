@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
@@ -80,11 +81,9 @@ class Run(Predictor):
     # ---- files
     @cached_property
     def config(self) -> dict[str, Any]:
-        """The settings the run was trained with."""
-        path = self.path / "config.json"
-        if path.exists():
-            return json.loads(path.read_text())["config"]
-        return self.checkpoint["config"]
+        """The settings the run was trained with: the checkpoint's own copy (config.json is for people to read;
+        a hand-edited or damaged one is never trusted over the checkpoint)."""
+        return dict(self.checkpoint["config"])
 
     @property
     def dataset(self) -> str | None:
@@ -108,7 +107,7 @@ class Run(Predictor):
     def results(self) -> dict | None:
         """Test metrics from results.json (None before the run finished)."""
         if self._results is None and (self.path / "results.json").exists():
-            self._results = json.loads((self.path / "results.json").read_text())
+            self._results = read_json_object(self.path / "results.json")
         return self._results
 
     @property
@@ -121,7 +120,17 @@ class Run(Predictor):
 
     @cached_property
     def checkpoint(self) -> dict[str, Any]:
-        return load_checkpoint(self.checkpoint_path)
+        """The checkpoint's contents; a damaged best.pt falls back to last.pt of the same run, saying so."""
+        try:
+            return load_checkpoint(self.checkpoint_path)
+        except CnnlabError as exc:
+            last = self.checkpoint_path.parent / "last.pt"
+            if self.checkpoint_path.name != "best.pt" or not last.is_file():
+                raise
+            ckpt = load_checkpoint(last)
+            print(f"warning: {exc}; using {last} (the run's last weights) instead", file=sys.stderr)
+            self.checkpoint_path = last
+            return ckpt
 
     # ---- what the model needs
     @cached_property
@@ -181,3 +190,16 @@ def load_run(path: str | Path, checkpoint: str = "best") -> Run:
         run.checkpoint_path = path  # the file given, not the folder's best
         return run
     return Run(path, checkpoint=checkpoint)
+
+
+def read_json_object(path: Path) -> dict | None:
+    """A JSON object from a run's file, or None (with a warning) when the file is damaged or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        print(f"warning: {path} is unreadable ({type(exc).__name__}); ignoring it", file=sys.stderr)
+        return None
+    if not isinstance(value, dict):
+        print(f"warning: {path} holds no JSON object; ignoring it", file=sys.stderr)
+        return None
+    return value

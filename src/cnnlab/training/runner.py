@@ -6,14 +6,18 @@ fit(job, state) -> per epoch: train_one_epoch -> end_of_epoch (validate, metrics
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import signal
 import threading
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from cnnlab.data import take
+from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_save, atomic_write_json, atomic_write_text
 from cnnlab.training import metrics
 from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
@@ -24,7 +28,7 @@ from cnnlab.training.inference import evaluate
 from cnnlab.training.run import Run
 from cnnlab.training.rundir import environment
 from cnnlab.training.setup import Job, describe, set_train_mode
-from cnnlab.training.state import TrainState, checkpoint_state
+from cnnlab.training.state import EpochMeter, TrainState, checkpoint_state
 
 PROBE_IMAGES = 4  # images whose feature maps --probe-every records
 
@@ -60,12 +64,22 @@ OnStep = Callable[[Job, TrainState], None]
 
 def fit(job: Job, state: TrainState, on_step: OnStep | None = None, resumed: bool = False) -> Run:
     """Epochs of training and validation with checkpoints, then the test split on the best weights."""
+    try:
+        return _fit(job, state, on_step, resumed)
+    finally:
+        if job.lock is not None:
+            job.lock.release()
+
+
+def _fit(job: Job, state: TrainState, on_step: OnStep | None, resumed: bool) -> Run:
     out = Printer(job.cfg, job.run_dir, job.env.is_main)
+    state.status = "running"
     if job.env.is_main:
         write_config(job)
         if resumed:  # the checkpoint's history is the truth: drop rows of epochs the checkpoint does not hold
-            atomic_write_text("".join(json.dumps(row) + "\n" for row in state.history),
-                              job.run_dir / "metrics.jsonl")
+            with writing(job, job.run_dir / "metrics.jsonl"):
+                atomic_write_text("".join(json.dumps(row) + "\n" for row in state.history),
+                                  job.run_dir / "metrics.jsonl")
     out.start(describe(job), resumed, state)
     if job.cfg.probe_every and job.env.is_main and not resumed:
         probe(job, state)  # epoch 0: the random filters, so the report's strip starts before any learning
@@ -91,33 +105,46 @@ def fit(job: Job, state: TrainState, on_step: OnStep | None = None, resumed: boo
 
 
 def run_epochs(job: Job, state: TrainState, stop: StopFlag, out: Printer, tb: Any, on_step: OnStep | None) -> bool:
-    """Train epoch after epoch until the last one or a stopping rule; True when interrupted (Ctrl-C, SIGTERM)."""
+    """Train epoch after epoch until the last one or a stopping rule; True when interrupted (Ctrl-C, SIGTERM).
+
+    The rules are checked before each epoch, so a run resumed after one of them stopped it (and killed before it
+    wrote its results) trains no further: it does what the uninterrupted run did.
+    """
     cfg = job.cfg
     while state.epoch < cfg.epochs:
+        reason = stop_reason(cfg, state) if state.meter is None else None
+        if reason:
+            out.note(f"stopping: {reason}")
+            break
         set_train_mode(job.net, cfg, state.epoch)
         if cfg.unfreeze_after and state.epoch == cfg.unfreeze_after and job.data.train.resume_batch == 0:
             out.note(f"epoch {state.epoch + 1}: backbone unfrozen (learning rate x{cfg.backbone_lr_scale:g})")
         finished = train_epoch(job, state, stop, out, on_step)
         if stop.agreed and not finished:
             return True
-        row = end_of_epoch(job, state, finished, out, tb)
+        end_of_epoch(job, state, finished, out, tb)
         if job.env.any([stop.requested], job.device)[0]:  # Ctrl-C on an epoch's last step: it is saved
             return True
-        if stopping_rule(job, state, row, finished, out):
-            break
     return False
 
 
 def train_epoch(job: Job, state: TrainState, stop: StopFlag, out: Printer, on_step: OnStep | None) -> bool:
-    """One epoch (or the rest of one) of train_one_epoch; True when every batch of it was trained."""
+    """One epoch (or the rest of one) of train_one_epoch, with a resumable checkpoint every --checkpoint-every
+    seconds; True when every batch of it was trained."""
     cfg, loader = job.cfg, job.data.train
     loader.set_epoch(state.epoch)
     bar = out.bar(len(loader), state.epoch + 1, initial=loader.resume_batch)
+    saved_at = time.monotonic()
 
     def should_stop() -> bool:
-        # Act on flags every rank agrees on: a rank that stopped alone would leave the others waiting in DDP.
+        nonlocal saved_at
         time_up = bool(cfg.max_time) and state.elapsed >= cfg.max_time
-        stop.agreed, time_up = job.env.any([stop.requested, time_up], job.device)
+        due = bool(cfg.checkpoint_every) and time.monotonic() - saved_at >= cfg.checkpoint_every
+        # Act on flags every rank agrees on: a rank that stopped (or saved) alone would leave the others waiting.
+        stop.agreed, time_up, due = job.env.any([stop.requested, time_up, due], job.device)
+        if due and not (stop.agreed or time_up) and loader.position < len(loader):
+            save_mid_epoch(job, state)
+            saved_at = time.monotonic()
         return stop.agreed or time_up
 
     try:
@@ -127,6 +154,15 @@ def train_epoch(job: Job, state: TrainState, stop: StopFlag, out: Printer, on_st
     finally:
         bar.close()
     return complete or loader.position >= len(loader)  # stopped on the last batch: the epoch is complete
+
+
+def save_mid_epoch(job: Job, state: TrainState) -> None:
+    """last.pt in the middle of an epoch: the loader's position, the RNG states and the whole job's sums so far."""
+    m = state.meter
+    loss_sum, correct, seen = job.env.all_reduce_sum([m.loss_sum, m.correct, m.seen], job.device)
+    if job.env.is_main:
+        meter = EpochMeter(loss_sum, correct, int(seen), m.seconds)
+        save(job, dataclasses.replace(state, meter=meter, status="running"), "last")
 
 
 def end_of_epoch(job: Job, state: TrainState, finished: bool, out: Printer, tb: Any) -> dict:
@@ -157,7 +193,8 @@ def end_of_epoch(job: Job, state: TrainState, finished: bool, out: Printer, tb: 
     else:
         state.bad_epochs += 1
     if env.is_main:
-        with open(job.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        with writing(job, job.run_dir / "metrics.jsonl"), open(job.run_dir / "metrics.jsonl", "a",
+                                                                   encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         save(job, state, "last")
         if improved:
@@ -178,20 +215,15 @@ def is_better(score: float, loss: float, state: TrainState) -> bool:
     return score > state.best_acc or (score == state.best_acc and loss < state.best_loss)
 
 
-def stopping_rule(job: Job, state: TrainState, row: dict, finished: bool, out: Printer) -> bool:
-    """Whether --max-time, --target-acc or --patience ends training after this epoch (and says which)."""
-    cfg = job.cfg
-    score = row["val_acc"] if row["val_acc"] is not None else row["train_acc"]
-    if not finished or (cfg.max_time and state.elapsed >= cfg.max_time):
-        out.note(f"stopping: --max-time {cfg.max_time:g} s reached")
-        return True
+def stop_reason(cfg: Any, state: TrainState) -> str | None:
+    """Why training stops before its last epoch (--max-time, --target-acc, --patience), or None to go on."""
+    if cfg.max_time and state.elapsed >= cfg.max_time:
+        return f"--max-time {cfg.max_time:g} s reached"
     if cfg.target_acc is not None and state.best_acc >= cfg.target_acc:
-        out.note(f"stopping: validation accuracy {score:.2%} reached --target-acc {cfg.target_acc:.2%}")
-        return True
+        return f"the best validation accuracy {state.best_acc:.2%} reached --target-acc {cfg.target_acc:.2%}"
     if cfg.patience and state.bad_epochs >= cfg.patience:
-        out.note(f"stopping early: no better validation accuracy for {cfg.patience} epochs")
-        return True
-    return False
+        return f"no better validation accuracy for {cfg.patience} epochs (--patience)"
+    return None
 
 
 def finish(job: Job, state: TrainState, out: Printer) -> dict | None:
@@ -221,8 +253,10 @@ def finish(job: Job, state: TrainState, out: Printer) -> dict | None:
         **({"weights_sha1_by_rank": digests} if digests else {}),
         **job.results_extra,
     }
-    atomic_write_json(results, job.run_dir / "results.json")
-    draw_curves(state.history, job.run_dir / "curves.png", state.best_epoch)
+    with writing(job, job.run_dir / "results.json"):
+        atomic_write_json(results, job.run_dir / "results.json")
+    with writing(job, job.run_dir / "curves.png"):
+        draw_curves(state.history, job.run_dir / "curves.png", state.best_epoch)
     out.finish(results)
     return results
 
@@ -259,13 +293,30 @@ def diverged_message(job: Job, exc: NonFiniteLoss) -> str:
             f"inputs for NaNs. Stopped; {kept}.")
 
 
+@contextlib.contextmanager
+def writing(job: Job, path: Path) -> Iterator[None]:
+    """A write into the run folder; a full disk or a read-only folder becomes one line saying what is kept."""
+    try:
+        yield
+    except OSError as exc:
+        last = job.run_dir / "checkpoints" / "last.pt"
+        kept = (f"the previous checkpoint {last} is intact: nothing before it is lost" if last.is_file() else
+                "no checkpoint was written yet")
+        raise CnnlabError(f"cannot write {path}: {exc.strerror or exc}. Stopped; {kept}. Free some space (or make the "
+                          f"folder writable), then: cnnlab train --resume {job.run_dir}") from None
+
+
 def save(job: Job, state: TrainState, name: str) -> None:
-    save_checkpoint(checkpoint_state(job, state), job.run_dir / "checkpoints" / f"{name}.pt")
+    path = job.run_dir / "checkpoints" / f"{name}.pt"
+    with writing(job, path):
+        save_checkpoint(checkpoint_state(job, state), path)
 
 
 def write_config(job: Job) -> None:
-    atomic_write_json({"config": job.cfg.to_dict(), "resolved": describe(job), "environment": environment()},
-                      job.run_dir / "config.json")
+    path = job.run_dir / "config.json"
+    with writing(job, path):
+        atomic_write_json({"config": job.cfg.to_dict(), "resolved": describe(job), "environment": environment()},
+                          path)
 
 
 def outputs_are_probs(job: Job) -> bool:

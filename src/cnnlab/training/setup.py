@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from cnnlab.models import get_model, get_model_info, parse_input_size
 from cnnlab.training.config import TrainConfig
 from cnnlab.training.distributed import DistEnv, check_sync_bn, init_distributed, threads_per_process
 from cnnlab.training.loss import Criterion
-from cnnlab.training.rundir import checkpoint_bytes, shared_run_dir
+from cnnlab.training.rundir import RunLock, checkpoint_bytes, shared_run_dir
 from cnnlab.training.schedule import Schedule
 from cnnlab.training.tta import check_tta
 
@@ -76,6 +77,7 @@ class Job:
     schedule: Schedule
     data: RunData
     run_dir: Path
+    lock: RunLock | None = None  # held on the run folder while this process writes it (the main process only)
     results_extra: dict[str, Any] = field(default_factory=dict)  # more for results.json (feature extraction's)
 
 
@@ -151,6 +153,9 @@ def load_splits(cfg: TrainConfig, image_size: tuple[int, int] | None):
     kw = dict(data_dir=cfg.data_dir, val_size=_val_size(cfg), image_size=image_size)
     train = get_dataset(cfg.dataset, "train", download=cfg.download, **kw)
     if 0 < cfg.subset < len(train):
+        if cfg.subset < len(train.classes):
+            print(f"warning: --subset {cfg.subset} is smaller than the {len(train.classes)} classes of {cfg.dataset}: "
+                  f"some classes get no training image", file=sys.stderr)
         if train.images is None:
             raise CnnlabError("--subset works for datasets held in memory, not streamed folders")
         train = train.subset(stratified_split(train.targets, cfg.subset, seed=cfg.seed)[1])
@@ -298,18 +303,18 @@ def build_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
 
 
 def build(cfg: TrainConfig, run_dir: Path | None = None) -> Job:
-    """Wire up a run: data -> model -> loss -> optimizer -> schedule -> run folder."""
+    """Wire up a run: data -> model -> loss -> optimizer -> schedule -> run folder (a new one, or `run_dir` to
+    resume it), locked for this process."""
     device, env = start_process(cfg)
     cfg = dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, device))  # what ran is what config.json records
     data = build_data(cfg, env, device)
     net, model = build_model(cfg, data, env, device)
     _, single = output_classes(cfg, len(data.info.classes))
-    if run_dir is None:
-        run_dir = shared_run_dir(cfg, env, needed_bytes=checkpoint_bytes(net))
+    run_dir, lock = shared_run_dir(cfg, env, needed_bytes=checkpoint_bytes(net), existing=run_dir)
     return Job(cfg=cfg, env=env, device=device, net=net, model=model, classifier=Classifier(net),
                criterion=Criterion(single_logit=single, label_smoothing=cfg.label_smoothing),
                optimizer=build_optimizer(cfg, net), scaler=torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16"),
-               schedule=build_schedule(cfg, len(data.train)), data=data, run_dir=run_dir)
+               schedule=build_schedule(cfg, len(data.train)), data=data, run_dir=run_dir, lock=lock)
 
 
 def describe(job: Job) -> dict[str, Any]:

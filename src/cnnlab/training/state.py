@@ -71,22 +71,27 @@ def checkpoint_state(job: "Job", state: TrainState) -> dict[str, Any]:
     }
 
 
+def progress(ckpt: dict[str, Any]) -> TrainState:
+    """Where a checkpoint's run stands (epoch, step, best, time, the epoch in progress), as saved."""
+    best = ckpt["best"]
+    return TrainState(
+        epoch=ckpt["epoch"], step=ckpt["step"], history=list(ckpt["history"]), best_acc=best["val_acc"],
+        best_loss=best.get("val_loss", math.inf), best_epoch=best["epoch"], bad_epochs=best["bad_epochs"],
+        elapsed=ckpt["elapsed_s"], meter=EpochMeter(**ckpt["meter"]) if ckpt.get("meter") else None,
+        status=ckpt.get("status", "running"),
+    )
+
+
 def restore(job: "Job", ckpt: dict[str, Any]) -> TrainState:
     """Put a run back exactly as the checkpoint left it."""
     job.classifier.load_state_dict(ckpt["state_dict"])
     job.optimizer.load_state_dict(ckpt["optimizer"])
     job.scaler.load_state_dict(ckpt["scaler"])
-    best = ckpt["best"]
+    state = progress(ckpt)
     # Another world size: the same epoch and fraction of the schedule, in this run's steps (see resume_position).
-    step, loader = resume_position(ckpt, len(job.data.train), job.cfg.batch_size * job.env.world_size)
-    meter = EpochMeter(**ckpt["meter"]) if ckpt.get("meter") else None
-    if meter is not None and not job.env.is_main:  # the saved sums are the whole job's: rank 0 carries them
-        meter = EpochMeter(seconds=meter.seconds)
-    state = TrainState(
-        epoch=ckpt["epoch"], step=step, history=list(ckpt["history"]), best_acc=best["val_acc"],
-        best_loss=best.get("val_loss", math.inf), best_epoch=best["epoch"], bad_epochs=best["bad_epochs"],
-        elapsed=ckpt["elapsed_s"], meter=meter,
-    )
+    state.step, loader = resume_position(ckpt, len(job.data.train), job.cfg.batch_size * job.env.world_size)
+    if state.meter is not None and not job.env.is_main:  # the saved sums are the whole job's: rank 0 carries them
+        state.meter = EpochMeter(seconds=state.meter.seconds)
     job.data.train.load_state_dict(loader)
     set_rng_state(ckpt["rng"])
     return state

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import zipfile
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -130,23 +130,24 @@ class TorchScriptPredictor(_ExportedPredictor):
         return self.module(x.to(device, torch.float32)).float().cpu()
 
 
-def is_torchscript(path: Path) -> bool:
-    """Whether `path` is a TorchScript archive with cnnlab metadata (whatever its file name)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith(f"/extra/{KEY}.json") for n in z.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+def load_predictor(path: str | Path, trust_code: bool = False):
+    """A run (folder or checkpoint), an exported .onnx model, or (only with `trust_code`) an exported TorchScript
+    model, all with the same `.predict(images, topk)` / `.predict_proba(images)` / `.classes`.
 
+    TorchScript is code: a crafted file runs its own operations when it predicts. It is loaded only when the user
+    says they trust its source, never because a file looks like one; ONNX is the format for models from elsewhere.
+    """
+    from cnnlab.training.checkpoint import is_torchscript_archive
+    from cnnlab.training.run import load_run
 
-def load_predictor(path: str | Path):
-    """A run (folder or checkpoint), an exported .onnx model, or an exported TorchScript model, all with
-    the same `.predict(images, topk)` / `.predict_proba(images)` / `.classes`."""
     p = Path(path)
     if p.suffix.lower() == ".onnx":
         return OnnxPredictor(p)
-    if p.suffix == TORCHSCRIPT_SUFFIX or (p.is_file() and is_torchscript(p)):
+    if p.suffix == TORCHSCRIPT_SUFFIX or (p.is_file() and is_torchscript_archive(p)):
+        if not trust_code:
+            raise CnnlabError(f"{p} is a TorchScript model: loading it runs the code inside it. Only if you trust "
+                              f"where it came from, add --trust-code (Python: trust_code=True); models from elsewhere "
+                              f"are safe as ONNX (cnnlab export RUN --format onnx)")
+        print(f"warning: loading the TorchScript model {p} runs its code (--trust-code)", file=sys.stderr)
         return TorchScriptPredictor(p)
-    from cnnlab.training.run import load_run
-
     return load_run(p)

@@ -111,8 +111,14 @@ def _when(r: Any) -> str:
 
 
 def _config_file(r: Any) -> dict[str, Any]:
+    """config.json for its environment and resolved facts; the settings always from the checkpoint."""
+    from cnnlab.training.run import read_json_object
+
     path = r.path / "config.json"
-    return json.loads(path.read_text()) if path.exists() else {"config": r.config}
+    saved = (read_json_object(path) if path.exists() else None) or {}
+    return {"resolved": saved.get("resolved") if isinstance(saved.get("resolved"), dict) else {},
+            "environment": saved.get("environment") if isinstance(saved.get("environment"), dict) else {},
+            "config": r.config}
 
 
 def _evaluate(r: Any, data_dir: str | None) -> tuple[Any, str | None]:

@@ -29,7 +29,6 @@ from cnnlab.errors import CnnlabError
 
 DEFAULT_MODEL, DEFAULT_DATASET, DEFAULT_SEED = "lenet", "digits", 0
 DEFAULT_EPOCHS = 5  # about 97% test accuracy on the bundled digits; seconds on a laptop CPU
-EXPORTED_SUFFIXES = (".onnx", ".torchscript")  # served by cnnlab.apps.export's predictors: predict, no explain
 MIN_SHOWN_SIDE = 224  # "the image as the model sees it" is scaled up (nearest) to at least this many pixels
 
 
@@ -127,8 +126,10 @@ class ServedModel:
             self._prepare_explainer()
 
     @classmethod
-    def load(cls, run: Any = None) -> "ServedModel":
-        """From a Run, a run folder or checkpoint, an exported .onnx file, or None (the cached default model)."""
+    def load(cls, run: Any = None, trust_code: bool = False) -> "ServedModel":
+        """From a Run, a run folder or checkpoint, an exported .onnx file (a TorchScript one only with
+        `trust_code`: it runs its own code), or None (the cached default model)."""
+        from cnnlab.apps.export.onnx_predictor import load_predictor
         from cnnlab.training.run import Run, load_run
 
         if run is None:
@@ -136,11 +137,10 @@ class ServedModel:
             return cls(load_run(path), f"default model: {DEFAULT_MODEL} trained on the bundled {DEFAULT_DATASET}, "
                                        f"cached at {path}")
         if isinstance(run, (str, Path)):
-            if Path(run).suffix.lower() in EXPORTED_SUFFIXES:
-                from cnnlab.apps.export.onnx_predictor import load_predictor
-
-                return cls(load_predictor(run), f"exported model {run} (predictions only)")
-            return cls(load_run(run), f"run {run}")
+            predictor = load_predictor(run, trust_code=trust_code)
+            if isinstance(predictor, Run):
+                return cls(predictor, f"run {run}")
+            return cls(predictor, f"exported model {run} (predictions only)")
         if isinstance(run, Run):
             return cls(run, f"run {run.path}")
         if hasattr(run, "predict_proba") and hasattr(run, "classes"):
