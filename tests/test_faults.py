@@ -372,3 +372,23 @@ def test_a_huge_local_photo_opens_while_the_server_keeps_its_limit(tmp_path: Pat
 def test_a_subset_smaller_than_the_classes_warns(tmp_path: Path, capfd) -> None:
     cnnlab.train(epochs=1, subset=5, out=str(tmp_path / "r"), quiet=True)
     assert "--subset 5 is smaller than the 10 classes" in capfd.readouterr().err
+
+
+def test_metadata_from_elsewhere_is_checked_field_by_field(digits_run: Path, tmp_path: Path) -> None:
+    from cnnlab.apps.export.metadata import ExportMetadata
+    from cnnlab.training.checkpoint import save_checkpoint
+
+    good = json.loads(ExportMetadata.from_run(cnnlab.load_run(digits_run)).to_json())
+    assert good["format"] == "cnnlab.export"  # files exported by earlier versions stay readable
+    assert ExportMetadata.from_json(json.dumps(good), "m.onnx").classes == tuple(str(i) for i in range(10))
+    for field, value, complaint in [("classes", [1, 2], "classes.0"), ("input_size", [3, -5, 28], "input_size.1"),
+                                    ("pipeline", {**good["pipeline"], "std": [0.0]}, "pipeline.std.0")]:
+        with pytest.raises(CnnlabError, match=rf"m.onnx: unusable cnnlab metadata: {complaint}"):
+            ExportMetadata.from_json(json.dumps({**good, field: value}), "m.onnx")
+    # A received run whose checkpoint says odd things is refused in one line, naming the file and the field.
+    ckpt = load_checkpoint(digits_run / "checkpoints" / "best.pt")
+    run = tmp_path / "received"
+    (run / "checkpoints").mkdir(parents=True)
+    save_checkpoint({**ckpt, "classes": "0123456789"}, run / "checkpoints" / "best.pt")
+    with pytest.raises(CnnlabError, match=r"best.pt is not a usable cnnlab checkpoint: classes"):
+        cnnlab.load_run(run).predict_proba(torch.zeros(1, 8, 8))

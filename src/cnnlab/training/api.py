@@ -11,6 +11,7 @@ from cnnlab.training.checkpoint import find_checkpoint, load_checkpoint
 from cnnlab.training.config import RESUMABLE, TrainConfig, resolve
 from cnnlab.training.run import Run
 from cnnlab.training.runner import OnStep, fit, stop_reason
+from cnnlab.training.schema import check_run_checkpoint
 from cnnlab.training.setup import build
 from cnnlab.training.state import TrainState, progress, restore
 
@@ -41,7 +42,7 @@ def resume(run: str | Path, on_step: OnStep | None = None, **overrides: Any) -> 
     """Continue a run from its last checkpoint: the rest of its training, or whatever it had not written yet (its
     results, killed during the final test). `epochs` (and output options) may be changed."""
     path = find_checkpoint(run, "last")
-    ckpt = load_checkpoint(path)
+    ckpt = check_run_checkpoint(load_checkpoint(path), path)
     refused = set(overrides) - set(RESUMABLE)
     if refused:
         raise CnnlabError(f"a resumed run keeps its settings; cannot change {', '.join(sorted(refused))} "

@@ -18,6 +18,7 @@ from cnnlab.models import ModelSpec, get_model
 from cnnlab.models.outputs import top_classes
 from cnnlab.training.checkpoint import find_checkpoint, load_checkpoint
 from cnnlab.training.inference import model_logits
+from cnnlab.training.schema import check_run_checkpoint
 from cnnlab.training.tta import predictor_probabilities
 
 
@@ -122,12 +123,12 @@ class Run(Predictor):
     def checkpoint(self) -> dict[str, Any]:
         """The checkpoint's contents; a damaged best.pt falls back to last.pt of the same run, saying so."""
         try:
-            return load_checkpoint(self.checkpoint_path)
+            return check_run_checkpoint(load_checkpoint(self.checkpoint_path), self.checkpoint_path)
         except CnnlabError as exc:
             last = self.checkpoint_path.parent / "last.pt"
             if self.checkpoint_path.name != "best.pt" or not last.is_file():
                 raise
-            ckpt = load_checkpoint(last)
+            ckpt = check_run_checkpoint(load_checkpoint(last), last)
             print(f"warning: {exc}; using {last} (the run's last weights) instead", file=sys.stderr)
             self.checkpoint_path = last
             return ckpt

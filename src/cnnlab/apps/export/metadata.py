@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
 
 from cnnlab.data.pipeline import Pipeline
 from cnnlab.errors import CnnlabError
+from cnnlab.training.schema import ModelSpecSchema, PipelineSchema, first_problem
 
 KEY = "cnnlab"  # ONNX metadata_props key; TorchScript extra file is f"{KEY}.json"
-FORMAT = "cnnlab.apps.export"
+FORMAT = "cnnlab.export"  # the format's name inside exported files: never changes with the code
 VERSION = 1
+
+
+class ExportSchema(BaseModel):
+    """What an exported model's metadata must hold: it comes with a file from elsewhere."""
+
+    classes: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=2, max_length=100_000)
+    input_size: tuple[Literal[1, 3], Annotated[int, Field(gt=0, le=100_000)], Annotated[int, Field(gt=0, le=100_000)]]
+    pipeline: PipelineSchema
+    outputs_are_probs: bool
+    single_logit: bool
+    model: ModelSpecSchema
+    dataset: str | None = None
+    source: str | None = None
+    torch_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,22 +75,15 @@ class ExportMetadata:
             raise CnnlabError(f"{where}: its cnnlab metadata is not valid JSON ({exc})") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise CnnlabError(f"{where}: its metadata is not cnnlab export metadata")
-        if d.get("version", 0) > VERSION:
-            raise CnnlabError(f"{where} was exported by a newer cnnlab (format {d['version']}); upgrade cnnlab")
+        if not isinstance(d.get("version", 0), int) or d.get("version", 0) > VERSION:
+            raise CnnlabError(f"{where} was exported by a newer cnnlab (format {d.get('version')}); upgrade cnnlab")
         try:
-            return cls(
-                classes=tuple(d["classes"]),
-                input_size=tuple(int(v) for v in d["input_size"]),
-                pipeline=dict(d["pipeline"]),
-                outputs_are_probs=bool(d["outputs_are_probs"]),
-                single_logit=bool(d["single_logit"]),
-                model=dict(d["model"]),
-                dataset=d.get("dataset"),
-                source=d.get("source"),
-                torch_version=d.get("torch_version"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CnnlabError(f"{where}: incomplete cnnlab metadata ({type(exc).__name__}: {exc})") from None
+            m = ExportSchema.model_validate(d)
+        except ValidationError as exc:
+            raise CnnlabError(f"{where}: unusable cnnlab metadata: {first_problem(exc)}") from None
+        return cls(classes=tuple(m.classes), input_size=tuple(m.input_size), pipeline=dict(d["pipeline"]),
+                   outputs_are_probs=m.outputs_are_probs, single_logit=m.single_logit, model=dict(d["model"]),
+                   dataset=m.dataset, source=m.source, torch_version=m.torch_version)
 
     def build_pipeline(self) -> Pipeline:
         return Pipeline.from_dict(self.pipeline)
