@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise CnnlabError(f"--port must be from 1 to 65535, got {args.port}")
     if args.max_upload_mb <= 0:
         raise CnnlabError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    check_port_free(args.host, args.port)  # before a model is loaded, and before the URL is printed
     if args.run is None and not default_run_dir().exists():
         print(f"training the default model (LeNet on the bundled digits) into {default_run_dir()} ...", flush=True)
     model = ServedModel.load(args.run, trust_code=args.trust_code)
@@ -53,6 +54,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"open http://{_url_host(args.host)}:{args.port}/  (API docs at /docs; Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """One clear line when the address is taken, instead of uvicorn's error after the URL was already printed."""
+    import socket
+
+    from cnnlab.errors import CnnlabError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a socket in TIME_WAIT is fine
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise CnnlabError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server there?); "
+                              f"choose another --port") from None
 
 
 def _url_host(host: str) -> str:

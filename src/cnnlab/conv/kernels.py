@@ -22,9 +22,12 @@ def _t(rows: list[list[float]]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)
 
 
+MAX_SIZE = 99  # wider kernels are no photo filter anyone means, and n x n of them would be built first
+
+
 def _size(n: object, what: str = "n") -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise CnnlabError(f"kernel size {what} must be a positive integer, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_SIZE:
+        raise CnnlabError(f"kernel size {what} must be an integer from 1 to {MAX_SIZE}, got {n!r}")
     return int(n)
 
 

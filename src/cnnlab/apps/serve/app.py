@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from cnnlab.apps.serve import playground
@@ -72,6 +73,23 @@ CONVOLVE_BODY = {
             **{k: {"type": "string", "description": f"{k}, as text (the kernel as JSON)"} for k in CONVOLVE_FIELDS}}}},
     },
 }
+
+
+class ErrorBody(BaseModel):
+    """Every error reply: one line saying what went wrong and what to do."""
+
+    detail: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error replies a route can give, for its OpenAPI entry (a client generated from it expects them)."""
+    about = {400: "not a readable image, or a malformed body", 413: "too many bytes, or an image with too many pixels",
+             415: "the body is not an image (nor JSON carrying one)", 422: "a parameter out of range or unknown",
+             501: "not possible with this model (feature maps of an exported model)"}
+    return {code: {"model": ErrorBody, "description": about[code]} for code in codes}
+
+
+IMAGE_ERRORS = _errors(400, 413, 415, 422)
 
 
 def create_app(run: Any = None, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
@@ -171,18 +189,20 @@ def _add_routes(app: FastAPI) -> None:
         return _kernel_list()
 
     @app.post("/api/predict", summary="Top-k classes and probabilities for one image",
-              openapi_extra={"requestBody": IMAGE_BODY})
+              openapi_extra={"requestBody": IMAGE_BODY}, responses=IMAGE_ERRORS)
     async def predict(request: Request,
-                      topk: int = Query(5, ge=1, le=1000, description="how many classes to return"),
+                      topk: int = Query(5, ge=1, le=1000, description="how many classes to return (at most the "
+                                                                        "model's number of classes are)"),
                       input_image: bool = Query(False, description="also return the image as the model sees it"),
-                      tta: str = Query("none", description="test-time augmentation: none, or flip (the mean of "
-                                                           "the image's outputs and its mirror's)")
+                      tta: Literal["none", "flip"] = Query("none", description="test-time augmentation: none, or "
+                                                           "flip (the mean of the image's outputs and its mirror's; "
+                                                           "422 for a model of digits or letters)")
                       ) -> dict[str, Any]:
         upload = await read_upload(request)
         return await run_in_threadpool(_predict, request, upload.data, topk, input_image, tta)
 
     @app.post("/api/explain", summary="Feature maps of a layer and the Grad-CAM overlay, as PNGs",
-              openapi_extra={"requestBody": IMAGE_BODY})
+              openapi_extra={"requestBody": IMAGE_BODY}, responses={**IMAGE_ERRORS, **_errors(501)})
     async def explain(request: Request,
                       layer: str | None = Query(None, description="layer whose maps to return (default: the first)"),
                       channels: int = Query(16, ge=1, le=64, description="maps (channels) of that layer to return"),
@@ -193,7 +213,7 @@ def _add_routes(app: FastAPI) -> None:
         return await run_in_threadpool(_explain, request, upload.data, layer, channels, target, topk)
 
     @app.post("/api/convolve", summary="Slide a kernel over a photo: the output, its size worked out, one pixel",
-              openapi_extra={"requestBody": CONVOLVE_BODY})
+              openapi_extra={"requestBody": CONVOLVE_BODY}, responses=IMAGE_ERRORS)
     async def convolve(request: Request) -> dict[str, Any]:
         upload = await read_upload(request, image_required=False)
         return await run_in_threadpool(_convolve, request, upload.data, upload.fields)

@@ -134,15 +134,15 @@ class ServedModel:
 
         if run is None:
             path = default_run()
-            return cls(load_run(path), f"default model: {DEFAULT_MODEL} trained on the bundled {DEFAULT_DATASET}, "
-                                       f"cached at {path}")
+            return cls(load_run(path), f"default model: {DEFAULT_MODEL} trained on the bundled {DEFAULT_DATASET}")
         if isinstance(run, (str, Path)):
             predictor = load_predictor(run, trust_code=trust_code)
+            # Named without the folders above it: /api/model is no map of this machine's disk.
             if isinstance(predictor, Run):
-                return cls(predictor, f"run {run}")
-            return cls(predictor, f"exported model {run} (predictions only)")
+                return cls(predictor, f"run {Path(run).resolve().name}")
+            return cls(predictor, f"exported model {Path(run).name} (predictions only)")
         if isinstance(run, Run):
-            return cls(run, f"run {run.path}")
+            return cls(run, f"run {run.path.resolve().name}")
         if hasattr(run, "predict_proba") and hasattr(run, "classes"):
             return cls(run, repr(run))
         raise CnnlabError(f"serve takes a run folder, a checkpoint, an .onnx file or a Run, got {type(run).__name__}")
@@ -182,7 +182,7 @@ class ServedModel:
         return {
             "name": self.name,
             "source": self.source,
-            "dataset": config.get("dataset") or getattr(meta, "dataset", None),
+            "dataset": _public_name(config.get("dataset") or getattr(meta, "dataset", None)),
             "classes": list(self.classes),
             "input_size": list(self.input_size),
             "test_acc": results.get("test_acc"),
@@ -231,6 +231,13 @@ class ServedModel:
             shown = upscale(to_uint8(self.pipeline.denormalize(x)[0]), MIN_SHOWN_SIDE)
             result.cam_layer, result.cam_image = seen.cam_layer, png_data_url(overlay_heatmap(shown, seen.heatmap))
         return result
+
+
+def _public_name(dataset: str | None) -> str | None:
+    """A dataset's name without the machine's folders: folder:/home/me/photos -> folder:photos."""
+    if dataset and dataset.startswith("folder:"):
+        return "folder:" + Path(dataset[len("folder:"):]).name
+    return dataset
 
 
 def _torch_model(predictor: Any) -> nn.Module | None:

@@ -20,7 +20,7 @@ from PIL import Image
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cnnlab.apps.serve.errors import PayloadTooLarge, ServeError, UnsupportedMediaType
+from cnnlab.apps.serve.errors import InvalidInput, PayloadTooLarge, ServeError, UnsupportedMediaType
 from cnnlab.data.images import open_image
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # 10 MiB: any photo a phone takes, far below what would strain memory
@@ -149,6 +149,9 @@ def _from_json(body: bytes) -> Upload:
         obj = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ServeError(f"the body is not valid JSON ({exc})") from None
+    except RecursionError:  # nested deeper than the parser goes: no request of ours looks like that
+        raise InvalidInput("the JSON body is nested too deeply: send an object like {\"kernel\": \"sobel_x\"}") \
+            from None
     if not isinstance(obj, dict):
         raise ServeError("the JSON body must be an object, e.g. {\"image\": \"<base64>\"}")
     fields = dict(obj)
