@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from cnnlab.cli.main import main
 from cnnlab.data import get_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.training.checkpoint import load_checkpoint
-from cnnlab.training.config import FIELDS, resolve
+from cnnlab.training.config import FIELDS, add_arguments, explicit_settings, resolve
 
 QUIET = {"quiet": True}
 SMALL = dict(model="lenet", dataset="digits", subset=300, seed=1, **QUIET)
@@ -146,6 +147,7 @@ NUMBERS = [name for name, f in FIELDS.items() if f.metadata["valid"] is not None
 @given(name=st.sampled_from(NUMBERS), value=st.floats(allow_nan=True, allow_infinity=True, width=32)
        | st.integers(min_value=-10**20, max_value=10**20))
 def test_any_number_is_accepted_when_in_range_else_refused_in_one_line(name: str, value: float) -> None:
+    """Through the Python API, and through the command line's parser (the same value as the user would type it)."""
     valid = FIELDS[name].metadata["valid"]
     is_int = FIELDS[name].type in ("int", int)
     whole = isinstance(value, int) or (math.isfinite(value) and float(value).is_integer())
@@ -157,6 +159,14 @@ def test_any_number_is_accepted_when_in_range_else_refused_in_one_line(name: str
         assert "\n" not in str(exc) and (name in str(exc) or name.replace("_", "-") in str(exc))
     else:
         assert expected_ok, f"{name}={value!r} accepted"
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_arguments(parser)
+    try:
+        resolve(explicit_settings(parser.parse_args([f"--{name.replace('_', '-')}={value!r}"])))
+    except (CnnlabError, argparse.ArgumentError) as exc:
+        assert not expected_ok or (is_int and not isinstance(value, int)), f"--{name}={value!r} refused: {exc}"
+    else:
+        assert expected_ok, f"--{name}={value!r} accepted"
 
 
 def test_the_nan_message_says_what_is_known_and_never_suggests_a_larger_rate(tmp_path: Path) -> None:
@@ -167,6 +177,7 @@ def test_the_nan_message_says_what_is_known_and_never_suggests_a_larger_rate(tmp
                      **QUIET)
     message = str(err.value)
     assert "at step" in message and "learning rate of 1e+08 at that step" in message and "--lr 1e+07" in message
+    assert "the loss before it was" in message and "larger" not in message
 
 
 # ---------------------------------------------------------------- a run never ends up stuck, mixed or lost

@@ -6,6 +6,7 @@ Each can be called on its own (a tiny model and a list of batches will do); `run
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Callable, Iterable
 
@@ -21,9 +22,10 @@ from cnnlab.training.state import EpochMeter, TrainState
 class NonFiniteLoss(CnnlabError):
     """The loss became NaN or infinite."""
 
-    def __init__(self, message: str, step: int = -1, value: float = float("nan"), lr: float = float("nan")):
+    def __init__(self, message: str, step: int = -1, value: float = float("nan"), lr: float = float("nan"),
+                 last_finite: float | None = None):
         super().__init__(message)
-        self.step, self.value, self.lr = step, value, lr
+        self.step, self.value, self.lr, self.last_finite = step, value, lr, last_finite
 
 
 def autocast(device: torch.device, amp: str):
@@ -76,6 +78,7 @@ def train_one_epoch(model: nn.Module, criterion: Criterion, optimizer: torch.opt
     meter = state.meter = state.meter or EpochMeter()
     check_every = 1 if device.type == "cpu" else 25  # a NaN check syncs with the GPU: not every step there
     pending: list[tuple[int, float, torch.Tensor]] = []
+    last_finite: float | None = None  # the loss of the last step before a NaN, for its message
     t0 = time.perf_counter()
     for x, y in loader:
         lr = schedule(state.step)
@@ -83,10 +86,12 @@ def train_one_epoch(model: nn.Module, criterion: Criterion, optimizer: torch.opt
         loss, logits = train_step(model, criterion, optimizer, x, y, scaler=scaler, amp=amp, grad_clip=grad_clip)
         pending.append((state.step, lr, loss))
         if len(pending) >= check_every:
-            check_finite(pending, state.epoch)
+            check_finite(pending, state.epoch, last_finite)
             pending.clear()
         state.step += 1
-        meter.loss_sum += loss.item() * len(y)
+        value = loss.item()
+        last_finite = value if math.isfinite(value) else last_finite
+        meter.loss_sum += value * len(y)
         meter.correct += (predictions(logits) == y).sum().item()
         meter.seen += len(y)
         seconds, t0 = time.perf_counter() - t0, time.perf_counter()
@@ -97,13 +102,13 @@ def train_one_epoch(model: nn.Module, criterion: Criterion, optimizer: torch.opt
         if on_step is not None:
             on_step(state)
         if should_stop is not None and should_stop():
-            check_finite(pending, state.epoch)
+            check_finite(pending, state.epoch, last_finite)
             return False
-    check_finite(pending, state.epoch)
+    check_finite(pending, state.epoch, last_finite)
     return True
 
 
-def check_finite(pending: list[tuple[int, float, torch.Tensor]], epoch: int) -> None:
+def check_finite(pending: list[tuple[int, float, torch.Tensor]], epoch: int, last_finite: float | None = None) -> None:
     """Raise NonFiniteLoss at the first (step, lr, loss) whose loss is NaN or infinite."""
     if not pending:
         return
@@ -112,4 +117,6 @@ def check_finite(pending: list[tuple[int, float, torch.Tensor]], epoch: int) -> 
     if len(bad):
         i = int(bad[0])
         step, lr, value = pending[i][0], pending[i][1], losses[i].item()
-        raise NonFiniteLoss(f"the loss became {value} at step {step} (epoch {epoch + 1})", step, value, lr)
+        before = [v for v in losses[:i].tolist() if math.isfinite(v)]
+        last = before[-1] if before else last_finite
+        raise NonFiniteLoss(f"the loss became {value} at step {step} (epoch {epoch + 1})", step, value, lr, last)

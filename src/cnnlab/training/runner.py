@@ -96,7 +96,7 @@ def _fit(job: Job, state: TrainState, on_step: OnStep | None, resumed: bool) -> 
         if job.env.is_main:
             atomic_write_json({"status": "diverged", "epochs_run": state.epoch, "step": state.step},
                               job.run_dir / "results.json")
-        raise NonFiniteLoss(diverged_message(job, exc), exc.step, exc.value, exc.lr) from None
+        raise NonFiniteLoss(diverged_message(job, exc), exc.step, exc.value, exc.lr, exc.last_finite) from None
     finally:
         if tb is not None:
             tb.close()
@@ -288,9 +288,10 @@ def diverged_message(job: Job, exc: NonFiniteLoss) -> str:
     kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint was written yet"
     lr = f"{exc.lr:.3g}" if math.isfinite(exc.lr) else str(exc.lr)
     smaller = f"--lr {job.cfg.lr / 10:g}" if math.isfinite(job.cfg.lr / 10) else "a smaller --lr"
-    return (f"{exc} with a learning rate of {lr} at that step (--lr {job.cfg.lr:g}). Likely cause: the learning rate "
-            f"is too high for this model; try {smaller}, or --grad-clip 1.0, or --warmup-epochs 1. Check also the "
-            f"inputs for NaNs. Stopped; {kept}.")
+    before = "" if exc.last_finite is None else f"; the loss before it was {exc.last_finite:.4g}"
+    return (f"{exc} with a learning rate of {lr} at that step (--lr {job.cfg.lr:g}){before}. Likely cause: the "
+            f"learning rate is too high for this model; try {smaller}, or --grad-clip 1.0, or --warmup-epochs 1. "
+            f"Check also the inputs for NaNs. Stopped; {kept}.")
 
 
 @contextlib.contextmanager
