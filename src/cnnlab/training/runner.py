@@ -253,10 +253,11 @@ def finish(job: Job, state: TrainState, out: Printer) -> dict | None:
         **({"weights_sha1_by_rank": digests} if digests else {}),
         **job.results_extra,
     }
-    with writing(job, job.run_dir / "results.json"):
-        atomic_write_json(results, job.run_dir / "results.json")
     with writing(job, job.run_dir / "curves.png"):
         draw_curves(state.history, job.run_dir / "curves.png", state.best_epoch)
+    # results.json last: its presence says the run is complete (a resume finishes a run killed before it).
+    with writing(job, job.run_dir / "results.json"):
+        atomic_write_json(results, job.run_dir / "results.json")
     out.finish(results)
     return results
 
