@@ -1,16 +1,77 @@
-"""Shared fixtures: the real data directory (required, never skipped) and a quiet matplotlib."""
+"""Shared fixtures: the real datasets (found, or fetched once, never skipped), sample photos from scikit-image,
+a quiet matplotlib, and a small trained run.
+
+Where the MNIST and Fashion-MNIST files come from, first match wins: $CNNLAB_DATA, then `../shared/data` beside
+the checkout, then the user cache (`~/.cache/cnnlab/data`); with none of them, torchvision's downloaders fetch
+them once into the user cache. Offline with the files nowhere, the tests that need them fail with one line saying
+what to put where.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Iterable
 
 import matplotlib
 import pytest
 import torch
 
+from cnnlab.data.paths import user_cache_dir
+
 matplotlib.use("Agg")
+os.environ.setdefault("MPLBACKEND", "Agg")  # the `cnnlab` processes some tests start draw headless too
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # name -> folder, in torchvision's layout
+USER_DATA = user_cache_dir() / "data"  # read before the session points the cache elsewhere (_private_cache)
+# The photos the tests use, all bundled with scikit-image (skimage.data), written once per session.
+PHOTOS = {"astronaut.png": "astronaut", "camera.png": "camera", "chelsea.png": "chelsea", "coffee.png": "coffee",
+          "rocket.jpg": "rocket"}
+
+
+def data_places(env_value: str | None = None, checkout: Path = ROOT,
+                cache: Path = USER_DATA) -> list[tuple[str, Path]]:
+    """Where the test data may be, in the order they are tried."""
+    places = [("$CNNLAB_DATA", Path(env_value).expanduser())] if env_value else []
+    return places + [("../shared/data beside the checkout", checkout.parent / "shared" / "data"),
+                     ("the user cache", cache)]
+
+
+def find_test_data(places: Iterable[tuple[str, Path]], cache: Path,
+                   fetch: Callable[[str, Path], None] | None = None) -> Path:
+    """The first place holding every test dataset; else the cache, filled by `fetch` (torchvision's downloaders).
+
+    Raises RuntimeError with one line saying what to put where when nothing is found and fetching fails.
+    """
+    from cnnlab.data import is_present
+
+    places = list(places)
+    for _, path in places:
+        if all(is_present(name, path) for name in TEST_DATASETS):
+            return path.resolve()
+    fetch = fetch or _download
+    try:
+        for name in TEST_DATASETS:
+            if not is_present(name, cache):
+                fetch(name, cache)
+    except Exception as exc:  # offline, a proxy, a full disk: all end in the same instruction
+        folders = " and ".join(f"{f}/raw/" for f in TEST_DATASETS.values())
+        where = "; ".join(f"{label} ({path})" for label, path in places)
+        raise RuntimeError(
+            f"the tests need MNIST and Fashion-MNIST ({folders} with the IDX files, torchvision's layout) in one of: "
+            f"{where}; downloading them into {cache} failed ({type(exc).__name__}: {exc}): copy them there, or set "
+            f"CNNLAB_DATA to a folder that holds them") from None
+    return cache.resolve()
+
+
+def _download(name: str, cache: Path) -> None:
+    from cnnlab.data import get_dataset_info
+    from cnnlab.data.sources import download
+
+    print(f"downloading {name} into {cache} (once; later runs read it from there)")
+    download(get_dataset_info(name), cache)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,20 +85,28 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The shared real datasets; a missing folder fails the test, it does not skip it."""
-    value = os.environ.get("CNNLAB_DATA")
-    assert value, "set CNNLAB_DATA to the shared data folder (e.g. CNNLAB_DATA=../shared/data)"
-    path = Path(value).expanduser().resolve()
-    assert (path / "MNIST" / "raw").is_dir(), f"CNNLAB_DATA={value} has no MNIST/raw folder"
-    return path
+    """The real MNIST/Fashion-MNIST folder (set as $CNNLAB_DATA for the session); missing data fails, never skips."""
+    try:
+        path = find_test_data(data_places(os.environ.get("CNNLAB_DATA")), USER_DATA)
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CNNLAB_DATA", str(path))  # for code under test that reads the default data directory
+    yield path
+    mp.undo()
 
 
 @pytest.fixture(scope="session")
-def photos_dir(data_dir: Path) -> Path:
-    """The shared sample photographs."""
-    path = data_dir / "images"
-    assert path.is_dir() and any(path.iterdir()), f"no sample photos in {path}"
-    return path
+def photos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """astronaut.png, camera.png, chelsea.png, coffee.png and rocket.jpg from scikit-image's bundled samples."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name, attr in PHOTOS.items():
+        Image.fromarray(np.asarray(getattr(skimage.data, attr)())).save(folder / name, quality=95)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,15 @@
-"""The web page in a real browser: Playwright driving Debian's Chromium, headless, against a real uvicorn server.
+"""The web page in a real browser: Playwright driving Chromium, headless, against a real uvicorn server.
 
-Chromium is required, never skipped: `apt-get install chromium` (CI does this in .ci/run).
+Chromium is required, never skipped; it is found wherever it is ($CHROMIUM, the PATH, Playwright's own browsers).
+scripts/test (the README's test command) installs Debian's chromium where none is found.
 Screenshots of each step go to test-artifacts/browser/ (git-ignored).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -16,7 +19,7 @@ from PIL import Image
 from cnnlab.apps.serve import create_app
 from cnnlab.apps.serve.server import BackgroundServer
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
 TIMEOUT_MS = 30_000  # a loaded 2-core machine: waits are generous, and end as soon as the element is there
@@ -28,13 +31,25 @@ def server(digits_run: Path) -> Iterator[BackgroundServer]:
         yield srv
 
 
+def find_chromium(bundled: str | None = None) -> str | None:
+    """A Chromium to drive: $CHROMIUM, else the first of CHROMIUM_NAMES on the PATH, else Playwright's own download."""
+    if os.environ.get("CHROMIUM"):
+        return os.environ["CHROMIUM"]
+    found = next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
+    return found or (bundled if bundled and Path(bundled).is_file() else None)
+
+
 @pytest.fixture(scope="module")
 def browser():
-    assert CHROMIUM.exists(), f"no Chromium at {CHROMIUM}: install it with `apt-get install chromium`"
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        path = find_chromium(pw.chromium.executable_path)
+        if path is None:
+            pytest.fail(f"no Chromium found ($CHROMIUM, {', '.join(CHROMIUM_NAMES)} on the PATH, or Playwright's "
+                        f"browsers): run scripts/test, which installs Debian's chromium, or `apt-get install "
+                        f"chromium`", pytrace=False)
+        b = pw.chromium.launch(executable_path=path, args=ARGS)
         yield b
         b.close()
 
