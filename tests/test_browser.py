@@ -118,6 +118,25 @@ def test_upload_a_digit_and_see_its_class_on_top(page, tmp_path: Path) -> None:
     assert seen.evaluate("img => img.naturalWidth") == 224  # 28 pixels, each an 8x8 block
 
 
+def test_a_dark_on_white_digit_is_inverted_and_a_photo_gets_a_note(page, tmp_path: Path, photos_dir: Path) -> None:
+    path, label = digit_file(tmp_path, 3)
+    dark = tmp_path / "dark-on-white.png"
+    Image.eval(Image.open(path), lambda v: 255 - v).save(dark)
+    page.set_input_files("#file", str(dark))
+    page.wait_for_selector(f"#top-line[data-source='{dark.name}']")
+    page.wait_for_selector("#input-notes[data-inverted=true]")
+    assert "Inverted" in page.inner_text("#input-notes") and bars(page)[0][0] == str(label)
+    shot(page, "dark-digit-inverted")
+    page.uncheck("#invert")  # the same image again, as sent
+    page.wait_for_selector("#input-notes[data-inverted=false]")
+    assert "Inverted" not in page.inner_text("#input-notes")
+    page.check("#invert")
+    page.set_input_files("#file", str(photos_dir / "chelsea.png"))
+    page.wait_for_selector("#top-line[data-source='chelsea.png']")
+    assert "a colour image, but the model was trained on gray images" in page.inner_text("#input-notes")
+    shot(page, "photo-note")
+
+
 def test_draw_on_the_canvas_and_the_bars_change(page) -> None:
     box = page.locator("#canvas").bounding_box()
     x0, y0 = box["x"], box["y"]

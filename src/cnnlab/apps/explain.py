@@ -11,6 +11,7 @@ and returns {name: path}. A trained run and an untrained model go through the sa
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from cnnlab.data.domain import confidence_warning
 from cnnlab.data.images import ImageLike
 from cnnlab.data.pipeline import Pipeline
 from cnnlab.errors import CnnlabError
@@ -30,7 +32,8 @@ from cnnlab.inspect.features import Features, select_layers
 from cnnlab.inspect.layers import gradient_ready
 from cnnlab.models import get_model, get_model_info, list_models
 from cnnlab.models.outputs import top_classes
-from cnnlab.training.run import Run, load_run
+from cnnlab.training.run import Run, known_domain, load_run
+from cnnlab.viz.style import FIGURES_DIR
 
 DEFAULT_MEAN, DEFAULT_STD = 0.5, 0.25  # for an untrained model without normalization of its own: [0, 1] -> [-2, 2]
 MAX_COLUMNS = 10  # feature-map layers per PNG: wider figures stop being readable
@@ -62,6 +65,7 @@ class Explanation(dict):
         self.top: list[tuple[str, float]] = []  # (class, probability), most probable first
         self.target: str | None = None  # the class Grad-CAM explains
         self.cam_layer: str | None = None
+        self.inverted = False  # the image was inverted first (its background was the opposite of the training's)
 
     def add(self, name: str, path: Path, description: str) -> None:
         self[name] = path
@@ -72,11 +76,15 @@ class Explanation(dict):
 
 
 def subject_from_run(run: Run) -> Subject:
-    """A trained run: its best weights, its exact image pipeline, its class names."""
+    """A trained run: its best weights, its exact image pipeline (with what its training images looked like), its
+    class names."""
     model = gradient_ready(run.model)
     status = run.status
     name = f"{run.spec.name}, run {run.path.name}" + (f" ({status})" if status not in ("completed", "unknown") else "")
-    return Subject(model, run.pipeline, tuple(run.classes), name, trained=True,
+    pipeline = run.pipeline
+    if pipeline.domain is None:  # a run from before domains were recorded: its dataset's known polarity
+        pipeline = dataclasses.replace(pipeline, domain=known_domain(run.dataset))
+    return Subject(model, pipeline, tuple(run.classes), name, trained=True,
                    outputs_are_probs=run.outputs_are_probs, run_path=run.path)
 
 
@@ -120,7 +128,7 @@ def as_subject(run_or_model: Any, in_chans: int | None = None, input_size: Seque
     if isinstance(run_or_model, nn.Module):
         return subject_from_model(run_or_model)
     if isinstance(run_or_model, (str, Path)):
-        if Path(run_or_model).exists():
+        if Path(run_or_model).exists() or str(run_or_model) == "last":  # last: the newest run in runs/
             return subject_from_run(load_run(run_or_model))
         if isinstance(run_or_model, str) and run_or_model in list_models():
             return subject_from_model(run_or_model, in_chans, input_size, seed)
@@ -130,12 +138,12 @@ def as_subject(run_or_model: Any, in_chans: int | None = None, input_size: Seque
 
 
 def default_out_dir(subject: Subject, image: ImageLike) -> Path:
-    """RUN/explain-<image stem> for a run; ./explain-<model>-<image stem> for an untrained model."""
+    """RUN/explain-<image stem> for a run; cnnlab-figures/explain-<model>-<image stem> for an untrained model."""
     stem = Path(image).stem if isinstance(image, (str, Path)) else "image"
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "image"
     if subject.run_path is not None:
         return subject.run_path / f"explain-{stem}"
-    return Path(f"explain-{subject.model.spec.name}-{stem}")
+    return FIGURES_DIR / f"explain-{subject.model.spec.name}-{stem}"
 
 
 # ---------------------------------------------------------------- choices
@@ -259,11 +267,14 @@ def explain(
     in_chans: int | None = None,
     input_size: Sequence[int] | None = None,
     seed: int = 0,
+    invert: bool = True,
 ) -> Explanation:
     """Write input, predictions, filters, feature-map and Grad-CAM PNGs for one image; return {name: path}.
 
     `run_or_model`: a Run, a run folder or checkpoint, a model name (untrained, random weights from `seed`;
-    `in_chans`/`input_size` override its defaults), or a model from `cnnlab.get_model`.
+    `in_chans`/`input_size` override its defaults), or a model from `cnnlab.get_model`. An image whose background
+    is the opposite of a run's training images' is inverted first (unless `invert=False`); `.notes` say so, and
+    say how the image is unlike the training images.
     """
     from cnnlab.viz import plot_filters
 
@@ -275,14 +286,11 @@ def explain(
     if cls not in (None, 1) and _single_logit(subject.model):
         raise CnnlabError(f"this model has one logit, the score of {subject.classes[1]!r}: Grad-CAM can explain "
                           f"only that class (--target {subject.classes[1]})")
-    x = subject.pipeline.load(image)  # missing or unreadable files raise BadImageError, a CnnlabError
-    out = Path(out_dir) if out_dir is not None else default_out_dir(subject, image)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CnnlabError(f"cannot create the output folder {out}: {exc.strerror or exc}; choose another --out") \
-            from None
+    x, check = subject.pipeline.load_checked(image, invert)  # unreadable files raise BadImageError, a CnnlabError
+    out = _make_out_dir(Path(out_dir) if out_dir is not None else default_out_dir(subject, image))
     result = Explanation(subject, out)
+    result.inverted = check.inverted
+    result.notes += check.notes()
     if not subject.trained:
         result.notes.append("the model is untrained (random weights): its predictions are meaningless; the filters "
                             "and feature maps show what random convolutions do to the image")
@@ -293,6 +301,8 @@ def explain(
     seen = explain_image(subject.model, x, layers=layer_names, target=cls, outputs_are_probs=subject.outputs_are_probs,
                          with_saliency=True)
     _predictions(result, shown, seen.probs, topk, out)
+    low = confidence_warning(float(seen.probs.max())) if subject.trained else None
+    result.notes += [low] if low else []
     if not any(isinstance(m, nn.Conv2d) for m in subject.model.modules()):
         result.notes.append(f"{subject.name} has no conv layer: no filters, feature maps or Grad-CAM to show")
         return result
@@ -302,6 +312,15 @@ def explain(
     _feature_maps(result, seen.features, channels, max_columns, out)
     _gradcam(result, seen, shown, topk, out)
     return result
+
+
+def _make_out_dir(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CnnlabError(f"cannot create the output folder {out}: {exc.strerror or exc}; choose another --out") \
+            from None
+    return out
 
 
 def _single_logit(model: nn.Module) -> bool:

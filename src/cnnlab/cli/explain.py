@@ -16,16 +16,16 @@ def register(sub: argparse._SubParsersAction) -> None:
             "stage (one PNG per block of layers), and the Grad-CAM overlay with a saliency map. With --model NAME "
             "instead of a run, the model is built untrained (random weights): its predictions are meaningless, "
             "but its filters and feature maps show what random convolutions do to a photo."),
-        epilog="examples:\n  cnnlab explain runs/lenet-digits my-digit.png\n"
+        epilog="examples:\n  cnnlab explain last my-digit.png\n  cnnlab explain runs/lenet-digits my-digit.png\n"
         "  cnnlab explain runs/resnet9-cifar10 cat.jpg --target dog --layers 'res1.*'\n"
         "  cnnlab explain --model resnet18 photo.jpg --out resnet18-photo",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run", nargs="?", metavar="RUN", help="run folder (runs/...) or checkpoint file")
+    p.add_argument("run", nargs="?", metavar="RUN",
+                   help="run folder (runs/...; last: the newest run) or checkpoint file")
     p.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, BMP, TIFF, WebP, ...)")
     p.add_argument("--model", metavar="NAME", help="explain an untrained model from `cnnlab models` instead of a run")
     p.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: RUN/explain-<image name>/ for a run, "
-                   "./explain-<model>-<image name>/ with --model)")
+                   "cnnlab-figures/explain-<model>-<image name>/ with --model)")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="classes in the prediction bars (default: 5)")
     p.add_argument("--layers", metavar="NAMES",
                    help="feature maps of these layers only: comma-separated names or patterns, e.g. 'conv1,layer1.*' "
@@ -34,9 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels", type=int, default=8, metavar="N", help="feature-map channels per layer (default: 8)")
     p.add_argument("--in-chans", type=int, choices=[1, 3],
                    help="with --model: input channels (default: the model's own)")
-    p.add_argument("--input-size", metavar="HxW",
-                   help="with --model: input size, e.g. 64x64 (default: the model's own)")
+    p.add_argument("--input-size", metavar="CxHxW",
+                   help="with --model: input size, channels first, e.g. 3x64x64 (or HxW, e.g. 64x64) (default: the "
+                   "model's own)")
     p.add_argument("--seed", type=int, help="with --model: seed of the random weights (default: 0)")
+    p.add_argument("--no-invert", dest="invert", action="store_false",
+                   help="never invert an image whose background is the opposite of the run's training images'")
     p.add_argument("--json", action="store_true", help="print the written files as JSON")
     p.set_defaults(func=run)
 
@@ -62,11 +65,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         subject = subject_from_run(load_run(args.run))
     result = explain(subject, args.image, args.out, topk=args.topk, layers=args.layers, target=args.target,
-                     channels=args.channels)
+                     channels=args.channels, invert=args.invert)
     if args.json:
         print(json.dumps({"model": result.subject.name, "trained": result.subject.trained,
                           "prediction": [{"class": c, "probability": p} for c, p in result.top],
-                          "gradcam_class": result.target, "gradcam_layer": result.cam_layer, "notes": result.notes,
+                          "gradcam_class": result.target, "gradcam_layer": result.cam_layer,
+                          "inverted": result.inverted,
+                          "notes": result.notes,
                           "files": {k: str(v) for k, v in result.items()}}, indent=2))
         return 0
     print(f"{result.subject.name}: {args.image}")

@@ -14,14 +14,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="classify images with a trained run",
         description="Classify image files (PNG, JPEG, BMP, TIFF, WebP, any mode or size) with a trained run; "
-        "each image is converted exactly as in training. A folder expands to its images. Unreadable files "
-        "are reported and the others still predicted (the exit code is then 1).",
+        "each image is converted exactly as in training. An image whose background is the opposite of the training "
+        "images' (a digit drawn dark on white, for a model trained on MNIST's white on black) is inverted first, "
+        "and said to be; so is an image unlike the training images (colour for a gray model, another shape, "
+        "brightness far from theirs) or one the model is unsure of. A folder expands to its images. Unreadable "
+        "files are reported and the others still predicted (the exit code is then 1).",
+        epilog="examples:\n  cnnlab predict last my_digit.png\n  cnnlab predict runs/photos photos/ --topk 5 --json\n"
+        "  cnnlab predict runs/fashion shirt.jpg --tta flip\n  cnnlab predict runs/mnist scan.png --no-invert\n"
+        "  cnnlab predict runs/mnist/model.onnx digit.png",
     )
-    p.add_argument("run", help="run folder (runs/...), checkpoint file, or exported model (.onnx or TorchScript)")
+    p.add_argument("run", help="run folder (runs/...; last: the newest), checkpoint file, or exported model "
+                   "(.onnx or TorchScript)")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--topk", type=int, default=3, help="classes to show per image (default: 3)")
     p.add_argument("--tta", choices=TTA_MODES, default="none",
                    help="test-time augmentation: flip averages each image with its mirror (default: none)")
+    p.add_argument("--no-invert", dest="invert", action="store_false",
+                   help="never invert an image whose background is the opposite of the training images'")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--trust-code", action="store_true",
                    help="allow a TorchScript model: loading one runs the code inside it, so only for files whose "
@@ -57,15 +66,18 @@ def run(args: argparse.Namespace) -> int:
     results, failed = [], 0
     for path in files:
         try:
-            top = predictor.predict(path, topk=args.topk, tta=args.tta)
+            found = predictor.classify(path, topk=args.topk, tta=args.tta, invert=args.invert)[0]
         except BadImageError as exc:
             failed += 1
             results.append({"image": path, "error": str(exc)})
             print(f"error: {exc}", file=sys.stderr)
             continue
-        results.append({"image": path, "predictions": [{"class": c, "probability": p} for c, p in top]})
+        results.append({"image": path, "predictions": [{"class": c, "probability": p} for c, p in found.top],
+                        "inverted": found.inverted, "warnings": found.warnings})
         if not args.json:
-            print(f"{path}: " + ", ".join(f"{c} {p:.1%}" for c, p in top))
+            print(f"{path}: " + ", ".join(f"{c} {p:.1%}" for c, p in found.top))
+            for note in found.notes():
+                print(f"  note: {note}")
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0

@@ -12,10 +12,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "summary",
         help="layer table with shapes and the output-size formula worked out",
         description="Print one row per layer: input -> output shape, parameters, and for conv and pool "
-        "layers the output-size formula floor((n + 2p - d(k-1) - 1) / s) + 1 with its own numbers.",
+        "layers the output-size formula floor((n + 2p - d(k-1) - 1) / s) + 1 with its own numbers. Sizes are "
+        "channels first (CxHxW), as in torch.",
+        epilog="examples:\n  cnnlab summary lenet\n  cnnlab summary lenet --input-size 3x32x32\n"
+        "  cnnlab summary lenet --input-size 1x32x32 --fixed   # where and why the model built for 28x28 breaks\n"
+        "  cnnlab summary resnet18 --num-classes 2 --json",
     )
     p.add_argument("model", help="a model name from `cnnlab models`")
-    p.add_argument("--input", metavar="CxHxW", help="input size, e.g. 1x28x28 (default: the model's own)")
+    p.add_argument("--input-size", dest="input", metavar="CxHxW",
+                   help="input size, channels first, e.g. 1x28x28 (default: the model's own)")
+    p.add_argument("--input", dest="input", help=argparse.SUPPRESS)  # the name before --input-size, still accepted
     p.add_argument("--num-classes", type=int, help="number of outputs (default: the model's own)")
     p.add_argument(
         "--fixed",

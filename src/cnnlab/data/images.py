@@ -35,7 +35,8 @@ def open_image(
     `max_pixels` is the limit for input from others (the server's uploads): over it, or over Pillow's own
     decompression-bomb threshold, the image is refused before decoding. Without it (your own files) only Pillow's
     hard limit applies, so a 10000x10000 photo opens. `draft` (H, W) lets JPEG decode at a reduced scale that is
-    still at least that size: much faster on photos.
+    still at least that size: much faster on photos (`img.info["source_size"]` keeps the stored (width, height)
+    then).
     """
     if isinstance(source, Image.Image):
         return source
@@ -49,6 +50,7 @@ def open_image(
             if max_pixels is not None and w * h > max_pixels:
                 raise BadImageError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels:,}")
             if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
+                img.info["source_size"] = (w, h)  # the size as stored, before the reduced decode
                 img.draft(img.mode, (draft[1], draft[0]))
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
@@ -100,8 +102,8 @@ def image_to_tensor(img: Image.Image, channels: int, size: tuple[int, int] | Non
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def load_image(source: ImageLike, channels: int, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Any image source (path, bytes, PIL image, HxW / HxWxC array, CxHxW tensor) as a (C, H, W) uint8 tensor."""
+def to_pil(source: ImageLike, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Any image source (path, bytes, PIL image, HxW / HxWxC array, CxHxW tensor) as a decoded PIL image."""
     if isinstance(source, torch.Tensor):
         t = source.detach().cpu()
         if t.dim() == 2:
@@ -120,7 +122,20 @@ def load_image(source: ImageLike, channels: int, size: tuple[int, int] | None = 
         if a.ndim not in (2, 3):
             raise CnnlabError(f"an image array must be (H, W) or (H, W, C), got shape {source.shape}")
         source = Image.fromarray(a)
-    return image_to_tensor(open_image(source, draft=size), channels, size)
+    return open_image(source, draft=draft)
+
+
+def load_image(source: ImageLike, channels: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Any image source (path, bytes, PIL image, HxW / HxWxC array, CxHxW tensor) as a (C, H, W) uint8 tensor."""
+    return image_to_tensor(to_pil(source, draft=size), channels, size)
+
+
+def has_colour(img: Image.Image, threshold: float = 0.02) -> bool:
+    """Whether an image's channels differ (a colour photo), not merely gray stored as RGB."""
+    if is_single_channel(img) or img.mode == "1":
+        return False
+    small = np.asarray(to_8bit(img, 3).resize((64, 64), Image.Resampling.BOX), dtype=np.float32) / 255.0
+    return float(np.abs(small - small.mean(axis=2, keepdims=True)).mean()) > threshold
 
 
 def list_image_files(folder: Path) -> tuple[list[Path], list[Path]]:

@@ -19,7 +19,9 @@ class DatasetInfo:
     source: str
     counts: dict[str, int] = field(default_factory=dict)  # images per official split (train, test)
     flip_ok: bool = False  # horizontal flip keeps the label (photos yes; digits and letters no)
-    dark_background: bool = False  # light strokes on black, as in MNIST (photos of paper need inverting)
+    # True: light strokes on black (MNIST: a digit drawn dark on paper is inverted before prediction); False: dark
+    # on light; None: no single background (photos), or measured from the images (see domain.py)
+    dark_background: bool | None = None
     in_memory: bool = True  # small enough to decode once into a tensor
     source_folder: str = ""  # sub-folder of the data directory holding the files
 

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from cnnlab.data.images import ImageLike, load_image
+from cnnlab.data.domain import Domain, InputCheck, check_input
+from cnnlab.data.images import ImageLike, has_colour, image_to_tensor, load_image, to_pil
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, the weights Pillow's "L" conversion uses
 
@@ -21,23 +22,25 @@ class Pipeline:
     mean: tuple[float, ...]  # per model channel
     std: tuple[float, ...]
     source_channels: int  # channels the images are stored with (1 or 3)
+    domain: Domain | None = None  # what the training images looked like (polarity, statistics), if recorded
 
     @classmethod
-    def build(cls, source_channels: int, input_size: tuple[int, int, int],
-              mean: tuple[float, ...], std: tuple[float, ...]) -> "Pipeline":
+    def build(cls, source_channels: int, input_size: tuple[int, int, int], mean: tuple[float, ...],
+              std: tuple[float, ...], domain: Domain | None = None) -> "Pipeline":
         """A pipeline for a model input (C, H, W); `mean`/`std` are the source's, adapted to C channels."""
         c = input_size[0]
         if len(mean) != c:
             mean, std = adapt_stats(mean, std, c)
-        return cls(c, (input_size[1], input_size[2]), tuple(mean), tuple(std), source_channels)
+        return cls(c, (input_size[1], input_size[2]), tuple(mean), tuple(std), source_channels, domain)
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"size": list(self.size), "mean": list(self.mean), "std": list(self.std)}
+        return asdict(self) | {"size": list(self.size), "mean": list(self.mean), "std": list(self.std),
+                               "domain": self.domain.to_dict() if self.domain else None}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Pipeline":
         return cls(int(d["channels"]), tuple(d["size"]), tuple(d["mean"]), tuple(d["std"]),
-                   int(d["source_channels"]))
+                   int(d["source_channels"]), Domain.from_dict(d.get("domain")))
 
     def needs_convert(self, shape: torch.Size) -> bool:
         """Whether stored images of this shape differ from the model's input in channels or size."""
@@ -66,6 +69,15 @@ class Pipeline:
     def load(self, source: ImageLike) -> torch.Tensor:
         """One image from a file, bytes, PIL image, array or tensor, as the model sees it: (1, C, H, W)."""
         return self(load_image(source, self.source_channels, self.size)[None])
+
+    def load_checked(self, source: ImageLike, invert: bool = True) -> tuple[torch.Tensor, InputCheck]:
+        """`load`, and the image compared with the training images: inverted when its background is the opposite
+        of theirs (unless `invert` is False), with a note for whatever is unlike them."""
+        img = to_pil(source, draft=self.size)
+        t = image_to_tensor(img, self.source_channels, self.size)
+        w, h = img.info.get("source_size", img.size)  # as stored, not as a reduced JPEG decode
+        t, found = check_input(self.domain, t, (h, w), has_colour(img), self.source_channels, invert)
+        return self(t[None]), found
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Undo `normalize`, for showing a model input as a picture in [0, 1]."""

@@ -155,6 +155,10 @@ def parse_input_size(text: str) -> InputSize | tuple[int, int]:
         raise CnnlabError(f"cannot read input size {text!r}: write it as CxHxW, e.g. 1x28x28") from None
     if len(dims) not in (2, 3) or min(dims) < 1:
         raise CnnlabError(f"cannot read input size {text!r}: write it as CxHxW, e.g. 1x28x28")
+    if len(dims) == 3 and dims[2] in (1, 3, 4) and min(dims[:2]) > 4 and dims[0] not in (1, 3, 4):
+        h, w, c = dims  # NumPy and PIL write images height x width x channels; torch (and cnnlab) channels first
+        raise CnnlabError(f"input size {text!r} looks like height x width x channels; cnnlab writes it channels "
+                          f"first, CxHxW: use {c}x{h}x{w}")
     return dims
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import sys
+import warnings
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
@@ -11,6 +15,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from cnnlab.data import get_dataset_info
+from cnnlab.data.domain import Domain, InputCheck, InputWarning, confidence_warning
 from cnnlab.data.images import ImageLike
 from cnnlab.data.pipeline import Pipeline
 from cnnlab.errors import CnnlabError
@@ -22,11 +28,28 @@ from cnnlab.training.schema import check_run_checkpoint
 from cnnlab.training.tta import predictor_probabilities
 
 
+@dataclass
+class Prediction:
+    """One image's prediction: the top-k (class, probability) pairs, all probabilities, and what was noticed."""
+
+    top: list[tuple[str, float]]
+    probabilities: torch.Tensor  # (K,)
+    inverted: bool = False  # its background was the opposite of the training images': it was inverted first
+    warnings: list[str] = field(default_factory=list)  # how it is unlike the training images; low confidence
+
+    def notes(self) -> list[str]:
+        """What to tell the user about this input, the inversion first."""
+        return InputCheck(self.inverted, self.warnings).notes()
+
+
 class Predictor:
     """Prediction on any image source, for anything with `.pipeline`, `.logits(x)`, `.classes`, `.outputs_are_probs`.
 
     `Run` (a checkpoint) and the exported-model predictors (ONNX, TorchScript) share it, so every backend
-    converts and ranks images in exactly the same way.
+    converts and ranks images in exactly the same way. An image whose background is the opposite of the training
+    images' (a digit drawn dark on white, for a model trained on MNIST) is inverted first unless `invert=False`;
+    that, and inputs unlike the training images, are said: in `classify`'s results, and as `InputWarning`s from
+    `predict` and `predict_proba`.
     """
 
     pipeline: Pipeline
@@ -37,31 +60,76 @@ class Predictor:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def predict_proba(self, images: ImageLike | Sequence[ImageLike], tta: str = "none") -> torch.Tensor:
+    def classify(self, images: ImageLike | Sequence[ImageLike], topk: int = 3, tta: str = "none",
+                 invert: bool = True) -> list[Prediction]:
+        """One `Prediction` per image (a list even for one image), with what was noticed about each."""
+        x, checks = self.prepare_checked(images, invert)
+        probs = predictor_probabilities(self, x, tta)
+        out = []
+        for row, check in zip(probs, checks):
+            top = [(c.name, c.probability) for c in top_classes(row, self.classes, topk)]
+            low = confidence_warning(float(row.max()))
+            out.append(Prediction(top, row, check.inverted, check.warnings + ([low] if low else [])))
+        return out
+
+    def predict_proba(self, images: ImageLike | Sequence[ImageLike], tta: str = "none",
+                      invert: bool = True) -> torch.Tensor:
         """Class probabilities (N, K) for one image or a list (paths, PIL images, arrays, tensors).
 
         `tta="flip"` averages each image's outputs with its mirror image's (refused where that changes labels).
         """
-        return predictor_probabilities(self, self.prepare(images), tta)
+        results = self.classify(images, 1, tta, invert)
+        _warn(results)
+        return torch.stack([r.probabilities for r in results])
 
     def prepare(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
-        """Images as the model sees them: a normalized (N, C, H, W) batch."""
-        if isinstance(images, torch.Tensor) and images.dim() == 4:
-            items: list = list(images)
-        elif isinstance(images, (list, tuple)):
-            items = list(images)
-        else:
-            items = [images]
-        if not items:
-            raise CnnlabError("no images to predict")
-        return torch.cat([self.pipeline.load(item) for item in items])
+        """Images as the model sees them: a normalized (N, C, H, W) batch (never inverted)."""
+        return torch.cat([self.pipeline.load(item) for item in _items(images)])
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], topk: int = 3, tta: str = "none"):
+    def prepare_checked(self, images: ImageLike | Sequence[ImageLike],
+                        invert: bool = True) -> tuple[torch.Tensor, list[InputCheck]]:
+        """`prepare`, each image compared with the training images (and inverted where its polarity is opposite)."""
+        pipe = self.pipeline
+        if pipe.domain is None:  # a run or export from before domains were recorded: the dataset's known polarity
+            pipe = dataclasses.replace(pipe, domain=known_domain(self.dataset))
+        loaded = [pipe.load_checked(item, invert) for item in _items(images)]
+        return torch.cat([x for x, _ in loaded]), [check for _, check in loaded]
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], topk: int = 3, tta: str = "none",
+                invert: bool = True):
         """Top-k (class name, probability) pairs: a list for one image, a list of lists for several."""
-        probs = self.predict_proba(images, tta)
-        out = [[(c.name, c.probability) for c in top_classes(row, self.classes, topk)] for row in probs]
+        results = self.classify(images, topk, tta, invert)
+        _warn(results)
+        out = [r.top for r in results]
         single = not isinstance(images, (list, tuple)) and not (isinstance(images, torch.Tensor) and images.dim() == 4)
         return out[0] if single else out
+
+
+def _items(images: ImageLike | Sequence[ImageLike]) -> list:
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        items: list = list(images)
+    elif isinstance(images, (list, tuple)):
+        items = list(images)
+    else:
+        items = [images]
+    if not items:
+        raise CnnlabError("no images to predict")
+    return items
+
+
+def _warn(results: list[Prediction]) -> None:
+    for i, r in enumerate(results):
+        for note in r.notes():
+            warnings.warn(f"image {i}: {note}", InputWarning, stacklevel=3)
+
+
+def known_domain(dataset: str | None) -> Domain | None:
+    """The polarity a built-in dataset is known to have (for runs that recorded no domain)."""
+    try:
+        dark = get_dataset_info(dataset).dark_background if dataset else None
+    except CnnlabError:  # a folder, or a dataset this version does not know
+        return None
+    return None if dark is None else Domain("dark" if dark else "light")
 
 
 class Run(Predictor):
@@ -181,11 +249,9 @@ class Run(Predictor):
         return model_logits(self.model, x)
 
 
-def load_run(path: str | Path, checkpoint: str = "best") -> Run:
-    """Open a run folder (or a checkpoint file) for evaluation and prediction."""
-    path = Path(path)
-    if not path.exists():
-        raise CnnlabError(f"no run at {path}: give a run folder (runs/...) or a checkpoint file")
+def load_run(path: str | Path, checkpoint: str = "best", runs_dir: str | Path = "runs") -> Run:
+    """Open a run folder (or a checkpoint file; `last`: the newest run in `runs_dir`) for evaluation and prediction."""
+    path = find_run(path, runs_dir)
     if path.is_file():
         run = Run(path.parent.parent if path.parent.name == "checkpoints" else path.parent, checkpoint=checkpoint)
         run.checkpoint_path = path  # the file given, not the folder's best
@@ -204,3 +270,47 @@ def read_json_object(path: Path) -> dict | None:
         print(f"warning: {path} holds no JSON object; ignoring it", file=sys.stderr)
         return None
     return value
+
+
+def list_runs(runs_dir: str | Path = "runs") -> list[Path]:
+    """The run folders in `runs_dir` (those with a config.json or checkpoints), oldest first."""
+    root = Path(runs_dir)
+    found = [p for p in root.iterdir() if (p / "config.json").is_file() or (p / "checkpoints").is_dir()] \
+        if root.is_dir() else []
+    return sorted(found, key=_started)
+
+
+def _started(run_dir: Path) -> float:
+    config = run_dir / "config.json"
+    return (config if config.exists() else run_dir).stat().st_mtime
+
+
+def find_run(name: str | Path, runs_dir: str | Path = "runs") -> Path:
+    """A run's path: as given when it exists; `last` is the newest run in `runs_dir`, and a bare name is looked up
+    there too; a run that is not there is an error naming the closest existing ones."""
+    path = Path(name)
+    if str(name) == "last" and not path.exists():
+        runs = list_runs(runs_dir)
+        if not runs:
+            raise CnnlabError(f"`last` means the newest run in {runs_dir}/, and there is none: train one with "
+                              f"`cnnlab train`, or give a run folder")
+        return runs[-1]
+    if path.exists():
+        return path
+    if (Path(runs_dir) / path).exists() and len(path.parts) == 1:
+        return Path(runs_dir) / path
+    raise CnnlabError(f"no run at {path}{_closest(path, runs_dir)}")
+
+
+def _closest(path: Path, runs_dir: str | Path) -> str:
+    """'; did you mean: a, b?' from the runs next to `path` (else in `runs_dir`), and how to name the newest."""
+    parent = path.parent if path.parent.is_dir() and str(path.parent) != "." else Path(runs_dir)
+    runs = list_runs(parent)
+    names = [r.name for r in runs]
+    close = [n for n in names if n.startswith(path.name)][-3:] or difflib.get_close_matches(path.name, names, n=3,
+                                                                                          cutoff=0.5)
+    shown = ", ".join(str(parent / n) for n in close)
+    newest = f" (`last` is the newest: {runs[-1]})" if runs else ""
+    if shown:
+        return f"; did you mean: {shown}?{newest}"
+    return f": give a run folder (runs/...) or a checkpoint file{newest}"

@@ -14,6 +14,19 @@ Positive = Annotated[int, Field(gt=0, le=1_000_000)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 
 
+Unit = Annotated[float, Field(ge=0, le=1)]
+
+
+class DomainSchema(BaseModel):
+    """What the training images looked like (data/domain.py's Domain.to_dict())."""
+
+    model_config = ConfigDict(extra="forbid")
+    background: Literal["dark", "light"] | None = None
+    aspect: Annotated[float, Field(gt=0, le=1000)] | None = None
+    brightness: tuple[Unit, Unit] | None = None  # per-image mean pixel value: (mean, spread) over training images
+    contrast: tuple[Unit, Unit] | None = None
+
+
 class PipelineSchema(BaseModel):
     """How images become the model's input (data/pipeline.py's Pipeline.to_dict())."""
 
@@ -23,6 +36,7 @@ class PipelineSchema(BaseModel):
     mean: list[float] = Field(min_length=1, max_length=3)
     std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1, max_length=3)
     source_channels: Literal[1, 3]
+    domain: DomainSchema | None = None  # absent in runs from before it was recorded
 
 
 class ModelSpecSchema(BaseModel):

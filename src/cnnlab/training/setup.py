@@ -15,6 +15,7 @@ from torch import nn
 
 from cnnlab.data import BatchLoader, DatasetInfo, Pipeline, get_dataset, parse_augment
 from cnnlab.data.augment import Augment
+from cnnlab.data.domain import training_domain
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import CnnlabError
 from cnnlab.models import get_model, get_model_info, parse_input_size
@@ -193,7 +194,9 @@ def build_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> RunData:
         train, val, test = load_splits(cfg, tuple(size))
     info = train.info
     input_size = model_input_size(cfg, info.channels)
-    pipeline = Pipeline.build(info.channels, input_size, *normalization(cfg, info, input_size))
+    # The training images' polarity and statistics travel with the pipeline: prediction inverts and warns by them.
+    pipeline = Pipeline.build(info.channels, input_size, *normalization(cfg, info, input_size),
+                              domain=training_domain(train))
     augment = parse_augment(cfg.augment, info)
     check_tta(cfg.tta, info.flip_ok, info.name)
     common = dict(device=device, channels_last=cfg.channels_last, num_workers=cfg.num_workers)

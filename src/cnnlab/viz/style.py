@@ -18,6 +18,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_path
 
 DPI = 100
+FIGURES_DIR = Path("cnnlab-figures")  # where the commands put pictures that belong to no run, when no --out is given
 TILE = 1.5  # inches per image tile
 CMAP = "viridis"  # non-negative maps: saliency, feature maps
 CMAP_SIGNED = "RdBu_r"  # signed values (filters, conv outputs): zero is white, negative blue, positive red

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cnnlab.apps.serve import playground
 from cnnlab.apps.serve.errors import ServeError
-from cnnlab.apps.serve.state import ServedModel, top_classes
+from cnnlab.apps.serve.state import ServedModel, input_notes, top_classes
 from cnnlab.apps.serve.uploads import MAX_PIXELS, MAX_UPLOAD_BYTES, BodySizeLimit, decode_image, read_upload
 from cnnlab.data.images import BadImageError
 from cnnlab.errors import CnnlabError
@@ -43,6 +43,9 @@ IMAGE_BODY = {
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
     },
 }
+
+INVERT_HELP = ("invert the image first when its background is the opposite of the training images' (a digit drawn "
+               "dark on white, for a model trained on white on black); the reply says whether it was")
 
 KERNEL_SCHEMA = {"oneOf": [
     {"type": "array", "items": {"type": "array", "items": {"type": "number"}}, "minItems": 3, "maxItems": 5,
@@ -196,10 +199,10 @@ def _add_routes(app: FastAPI) -> None:
                       input_image: bool = Query(False, description="also return the image as the model sees it"),
                       tta: Literal["none", "flip"] = Query("none", description="test-time augmentation: none, or "
                                                            "flip (the mean of the image's outputs and its mirror's; "
-                                                           "422 for a model of digits or letters)")
-                      ) -> dict[str, Any]:
+                                                           "422 for a model of digits or letters)"),
+                      invert: bool = Query(True, description=INVERT_HELP)) -> dict[str, Any]:
         upload = await read_upload(request)
-        return await run_in_threadpool(_predict, request, upload.data, topk, input_image, tta)
+        return await run_in_threadpool(_predict, request, upload.data, topk, input_image, tta, invert)
 
     @app.post("/api/explain", summary="Feature maps of a layer and the Grad-CAM overlay, as PNGs",
               openapi_extra={"requestBody": IMAGE_BODY}, responses={**IMAGE_ERRORS, **_errors(501)})
@@ -208,9 +211,10 @@ def _add_routes(app: FastAPI) -> None:
                       channels: int = Query(16, ge=1, le=64, description="maps (channels) of that layer to return"),
                       target: str | None = Query(None, description="class to explain, index or name "
                                                                    "(default: the predicted one)"),
-                      topk: int = Query(5, ge=1, le=1000)) -> dict[str, Any]:
+                      topk: int = Query(5, ge=1, le=1000),
+                      invert: bool = Query(True, description=INVERT_HELP)) -> dict[str, Any]:
         upload = await read_upload(request)
-        return await run_in_threadpool(_explain, request, upload.data, layer, channels, target, topk)
+        return await run_in_threadpool(_explain, request, upload.data, layer, channels, target, topk, invert)
 
     @app.post("/api/convolve", summary="Slide a kernel over a photo: the output, its size worked out, one pixel",
               openapi_extra={"requestBody": CONVOLVE_BODY}, responses=IMAGE_ERRORS)
@@ -219,26 +223,28 @@ def _add_routes(app: FastAPI) -> None:
         return await run_in_threadpool(_convolve, request, upload.data, upload.fields)
 
 
-def _predict(request: Request, data: bytes, topk: int, input_image: bool, tta: str = "none") -> dict[str, Any]:
+def _predict(request: Request, data: bytes, topk: int, input_image: bool, tta: str = "none",
+             invert: bool = True) -> dict[str, Any]:
     served = _model(request)
-    x = served.prepare(_decode_for_model(request, data))
+    x, check = served.prepare(_decode_for_model(request, data), invert)
     probs = served.predict(x, tta)
-    out: dict[str, Any] = {"predictions": top_classes(probs, served.classes, topk)}
+    out: dict[str, Any] = {"predictions": top_classes(probs, served.classes, topk), **input_notes(check, probs)}
     if input_image:
         out["input_image"] = served.shown_png(x)
     return out
 
 
 def _explain(request: Request, data: bytes, layer: str | None, channels: int, target: str | None,
-             topk: int) -> dict[str, Any]:
+             topk: int, invert: bool = True) -> dict[str, Any]:
     from cnnlab.apps.explain import resolve_class
 
     served = _model(request)
     cls = resolve_class(target, served.classes)
-    x = served.prepare(_decode_for_model(request, data))
+    x, check = served.prepare(_decode_for_model(request, data), invert)
     result = served.explain(x, layer, channels, cls)
     return {
         "predictions": top_classes(result.probs, served.classes, topk),
+        **input_notes(check, result.probs),
         "target": {"index": result.target, "class": served.classes[result.target]},
         "input_image": served.shown_png(x),
         "layers": [{"name": f.name, "type": f.type, "kind": f.kind, "shape": list(f.shape)} for f in result.layers],

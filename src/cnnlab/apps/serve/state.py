@@ -24,6 +24,7 @@ from torch import nn
 
 from cnnlab.apps.serve.encode import map_to_uint8, png_data_url, to_uint8, upscale
 from cnnlab.apps.serve.errors import InvalidInput, NotAvailable
+from cnnlab.data.domain import InputCheck, confidence_warning
 from cnnlab.data.paths import user_cache_dir
 from cnnlab.errors import CnnlabError
 
@@ -192,10 +193,15 @@ class ServedModel:
         }
 
     # ---- use it
-    def prepare(self, image: Image.Image) -> torch.Tensor:
-        """A decoded image as the model's normalized (1, C, H, W) input: the exact conversion used in training."""
+    def prepare(self, image: Image.Image, invert: bool = True) -> tuple[torch.Tensor, InputCheck]:
+        """A decoded image as the model's normalized (1, C, H, W) input: the exact conversion used in training,
+        inverted when its background is the opposite of the training images' (unless `invert` is False), and
+        what is unlike the training images."""
         with torch.inference_mode():
-            return self.pipeline.load(image)
+            if hasattr(self.predictor, "prepare_checked"):  # a Run or an exported model: knows its dataset
+                x, checks = self.predictor.prepare_checked(image, invert)
+                return x, checks[0]
+            return self.pipeline.load_checked(image, invert)
 
     def predict(self, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
         """Class probabilities (K,) for one prepared input; safe to call from many threads at once."""
@@ -269,6 +275,12 @@ def _pick_maps(result: Explained, features: Any, layer: str | None, channels: in
     for c in range(min(channels, t.shape[0])):
         arr, lo, hi = map_to_uint8(t[c])
         result.maps.append({"channel": c, "image": png_data_url(arr), "min": lo, "max": hi})
+
+
+def input_notes(check: InputCheck, probs: torch.Tensor) -> dict[str, Any]:
+    """What the API says about an input: whether it was inverted, and what is unlike the training images."""
+    low = confidence_warning(float(probs.max()))
+    return {"inverted": check.inverted, "warnings": check.warnings + ([low] if low else [])}
 
 
 def top_classes(probs: torch.Tensor, classes: tuple[str, ...], k: int) -> list[dict[str, Any]]:

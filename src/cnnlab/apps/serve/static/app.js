@@ -73,7 +73,8 @@ async function classify(blob, label) {
   const topk = Math.min(10, state.model ? state.model.classes.length : 5);
   setStatus("status", "");
   try {
-    const reply = await api(`/api/predict?topk=${topk}&input_image=true`, { method: "POST", body: form });
+    const query = new URLSearchParams({ topk: String(topk), input_image: "true", invert: invertParam() });
+    const reply = await api(`/api/predict?${query}`, { method: "POST", body: form });
     if (seq !== state.predictSeq) return;
     showPredictions(reply, label);
   } catch (err) {
@@ -100,6 +101,7 @@ function showPredictions(reply, label) {
     li.setAttribute("aria-label", `${p.class}: ${pct(p.probability)}`);
     bars.append(li);
   }
+  showNotes(reply);
   const top = reply.predictions[0];
   const topLine = $("top-line");
   topLine.textContent = `${top.class} (${pct(top.probability)})`;
@@ -111,6 +113,17 @@ function showPredictions(reply, label) {
   const [c, h, w] = state.model.input_size;
   $("seen-caption").textContent =
     `The image as the model sees it: ${c}x${h}x${w} (${c === 1 ? "gray" : "RGB"}), each pixel drawn as a block.`;
+}
+
+function invertParam() { return $("invert").checked ? "true" : "false"; }
+
+// What the server noticed about the input: inverted first, then how it is unlike the training images.
+function showNotes(reply) {
+  const notes = [];
+  if (reply.inverted) notes.push("Inverted: its background is the opposite of the training images'.");
+  for (const w of reply.warnings || []) notes.push(`Note: ${w}.`);
+  $("input-notes").replaceChildren(...notes.map((text) => el("li", { textContent: text })));
+  $("input-notes").dataset.inverted = String(Boolean(reply.inverted));
 }
 
 function showUpload(file) {
@@ -130,6 +143,7 @@ function onFile(file) {
 
 function setupUpload() {
   $("file").addEventListener("change", (e) => onFile(e.target.files[0]));
+  $("invert").addEventListener("change", () => { if (state.image) classify(state.image, state.imageLabel); });
   const drop = $("drop");
   for (const name of ["dragenter", "dragover"]) {
     drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -182,6 +196,7 @@ function setupCanvas() {
     state.predictSeq++;  // drop any reply still on its way
     $("bars").replaceChildren();
     $("top-line").textContent = "No image yet.";
+    $("input-notes").replaceChildren();
     delete $("top-line").dataset.class;
   });
 }
@@ -228,7 +243,7 @@ async function explain() {
   const layer = $("layer").value;
   const form = new FormData();
   form.append("image", state.image, "image.png");
-  const query = new URLSearchParams({ channels: "16" });
+  const query = new URLSearchParams({ channels: "16", invert: invertParam() });
   if (layer) query.set("layer", layer);
   setStatus("inside-status", "");
   $("inside").setAttribute("aria-busy", "true");
