@@ -27,8 +27,7 @@ def test_lenet_rows_against_hand_computed_shapes() -> None:
         ("flatten", (16, 5, 5), (400,)),
         ("fc1", (400,), (84,)),
         ("relu3", (84,), (84,)),
-        ("fc2", (84,), (10,)),
-        ("softmax", (10,), (10,)),
+        ("fc2", (84,), (10,)),  # no row for the softmax slot: an nn.Identity when the model outputs logits
     ]
     conv1 = s.rows[0]
     assert conv1.formulas == ["H,W: (28 + 2*2 - 5) / 1 + 1 = 28"]

@@ -14,16 +14,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="evaluate a trained run: metrics, confusion matrix, worst mistakes",
         description="Evaluate a run's best checkpoint on a split: accuracy, loss, top-k accuracy, per-class "
         "precision/recall/F1, the confusion matrix (text and PNG), the most-confused class pairs, and a "
-        "gallery of the highest-loss images.",
+        "gallery of the misclassified images with the highest loss.",
+        epilog="examples:\n  cnnlab eval last\n"
+        "  cnnlab eval runs/lenet-mnist-20261203-101500 --split val --normalized\n"
+        "  cnnlab eval runs/fashion --tta none --json",
     )
-    p.add_argument("run", help="run folder (runs/...) or checkpoint file")
+    p.add_argument("run", help="run folder (runs/...; last: the newest run) or checkpoint file")
     p.add_argument("--dataset", help="dataset to evaluate on (default: the run's own)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split (default: test)")
     p.add_argument("--data-dir", help="folder holding the datasets")
     p.add_argument("--out", help="folder for the PNGs and metrics.json (default: RUN/eval-<split>)")
-    p.add_argument("--mistakes", type=int, default=24, help="images in the mistakes gallery (default: 24)")
+    p.add_argument("--mistakes", type=int, default=24,
+                   help="most misclassified images shown in the gallery (default: 24)")
     p.add_argument("--normalized", action="store_true", help="confusion matrix PNG as row fractions")
-    p.add_argument("--batch-size", type=int, default=1000, help="images per step")
+    p.add_argument("--batch-size", type=int, default=1000, help="images per step (default: 1000)")
     p.add_argument("--tta", choices=TTA_MODES,
                    help="test-time augmentation: flip averages each image with its mirror (default: as the run "
                         "was tested)")
@@ -46,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else r.path / f"eval-{args.split}"
     paths = result.save_figures(out, mistakes=args.mistakes, normalized=args.normalized)
     summary = rep.to_dict(args.split) | {"dataset": result.dataset, "split": args.split, "tta": result.tta,
+                                         "mistakes": len(result.wrong),
                                          "figures": {k: str(v) for k, v in paths.items()}}
     atomic_write_json(summary, out / "metrics.json")
     if args.json:
@@ -67,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     pairs = rep.most_confused(5)
     if pairs:
         print("\nmost confused: " + "; ".join(f"{t} -> {p} ({n})" for t, p, n in pairs))
+    wrong = len(result.wrong)
+    shown = f"; mistakes.png shows the {min(wrong, args.mistakes)} with the highest loss" if wrong and \
+        "mistakes" in paths else ""
+    print(f"mistakes: {wrong:,} of {result.n:,} images misclassified{shown}")
     print()
     for name, path in paths.items():
         print(f"{name}: {path}")

@@ -105,16 +105,24 @@ class ShapeMismatchError(CnnlabError):
 
 
 def output_size_formula(n: int, k: int, p: int, s: int, d: int = 1, ceil: bool = False) -> tuple[str, int, int]:
-    """The worked formula floor((n + 2p - d(k-1) - 1) / s) + 1 with these numbers, its value, rows dropped."""
+    """The worked formula floor((n + 2p - d(k-1) - 1) / s) + 1 with these numbers, its value, rows dropped.
+
+    With `ceil` (pooling's ceil_mode) the division rounds up, and, as in torch, a last window that would start past
+    the input and its left padding (in the right padding alone) is not counted.
+    """
     span = d * (k - 1) + 1
     num = n + 2 * p - span
-    out = (math.ceil(num / s) if ceil else num // s) + 1
+    out = (-(-num // s) if ceil else num // s) + 1
     rest = num % s
     text = f"({n} + 2*{p} - {k})" if d == 1 else f"({n} + 2*{p} - {d}*({k}-1) - 1)"
     if rest == 0:
         return f"{text} / {s} + 1 = {out}", out, 0
-    rounding = "ceil" if ceil else "floor"
-    return f"{rounding}({text} / {s}) + 1 = {out}", out, 0 if ceil else rest
+    if not ceil:
+        return f"floor({text} / {s}) + 1 = {out}", out, rest
+    if (out - 1) * s >= n + p:  # torch's rule: every window starts inside the input or its left padding
+        return (f"ceil({text} / {s}) + 1 - 1 = {out - 1} (a last window would start at {(out - 1) * s}, in the "
+                f"right padding: not counted)"), out - 1, 0
+    return f"ceil({text} / {s}) + 1 = {out}", out, 0
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -161,7 +169,9 @@ class _LayerRecorder:
     used twice counts its parameters once); `stack` holds the layers still running when a call fails."""
 
     def __init__(self, model: nn.Module):
-        self.leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+        # nn.Identity does nothing (e.g. lenet's softmax when the model outputs logits): it gets no row.
+        self.leaves = [(n, m) for n, m in model.named_modules()
+                       if n and not list(m.children()) and not isinstance(m, nn.Identity)]
         self.rows: list[LayerRow] = []
         self.stack: list[tuple[str, nn.Module, tuple[int, ...] | None]] = []
         self._seen: set[int] = set()

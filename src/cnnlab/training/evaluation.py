@@ -49,26 +49,36 @@ class EvalResult:
         """Indices of the n highest-loss images."""
         return self.losses.argsort(descending=True)[:n]
 
+    @property
+    def wrong(self) -> torch.Tensor:
+        """Indices of the misclassified images, highest loss first."""
+        pred = probabilities(self.logits, self.run.outputs_are_probs).argmax(1)
+        wrong = (pred != self.targets).nonzero().flatten()
+        return wrong[self.losses[wrong].argsort(descending=True)]
+
     def images(self, idx: torch.Tensor) -> torch.Tensor:
         """Images at `idx` as the model sees them (size, channels), in [0, 1] for display."""
         pipe = dataclasses.replace(self.run.pipeline, source_channels=self.data.info.channels)
         return pipe.convert(take(self.data, idx)[0]).float() / 255.0
 
     def save_figures(self, out: Path, mistakes: int = 24, normalized: bool = False) -> dict[str, Path]:
-        """confusion.png and mistakes.png in `out`."""
+        """confusion.png, and mistakes.png: the misclassified images with the highest loss (only mistakes), in `out`."""
         from cnnlab.viz import plot_confusion, plot_mistakes, save_figure
 
         out = Path(out)
         paths = {"confusion matrix": save_figure(
             plot_confusion(self.report.confusion.numpy(), list(self.report.classes), normalize=normalized),
             out / "confusion.png")}
-        idx = self.worst(mistakes)
-        if len(idx):
+        wrong = self.wrong
+        idx = wrong[:mistakes]
+        if mistakes > 0:
             probs = probabilities(self.logits[idx], self.run.outputs_are_probs)
-            pred = probs.argmax(1)
+            title = (f"{len(idx)} of the {len(wrong):,} misclassified images ({len(wrong) / max(self.n, 1):.1%} of "
+                     f"{self.n:,}), highest loss first" if len(wrong) else f"no mistakes in {self.n:,} images")
+            images = self.images(idx) if len(idx) else []
             paths["mistakes"] = save_figure(
-                plot_mistakes(self.images(idx), self.targets[idx].tolist(), pred.tolist(),
-                              probs.max(1).values.tolist(), list(self.report.classes)),
+                plot_mistakes(images, self.targets[idx].tolist(), probs.argmax(1).tolist(),
+                              probs.max(1).values.tolist(), list(self.report.classes), title=title),
                 out / "mistakes.png")
         return paths
 

@@ -28,9 +28,10 @@ from cnnlab.training.inference import evaluate
 from cnnlab.training.run import Run
 from cnnlab.training.rundir import environment
 from cnnlab.training.setup import Job, describe, set_train_mode
-from cnnlab.training.state import EpochMeter, TrainState, checkpoint_state
+from cnnlab.training.state import TrainState, checkpoint_state
 
 PROBE_IMAGES = 4  # images whose feature maps --probe-every records
+CURVE_POINTS = 50  # training-loss points per epoch kept in the history (curves.png)
 
 
 class StopFlag:
@@ -147,10 +148,16 @@ def train_epoch(job: Job, state: TrainState, stop: StopFlag, out: Printer, on_st
             saved_at = time.monotonic()
         return stop.agreed or time_up
 
+    def after_step(st: TrainState) -> None:
+        if loader.position % max(1, round(len(loader) / CURVE_POINTS)) == 0:
+            close_window(st.meter, st.epoch + loader.position / len(loader))
+        if on_step is not None:
+            on_step(job, st)
+
     try:
         complete = train_one_epoch(job.model, job.criterion, job.optimizer, job.schedule, loader, job.device, state,
                                    scaler=job.scaler, amp=cfg.amp, grad_clip=cfg.grad_clip, should_stop=should_stop,
-                                   on_step=(lambda st: on_step(job, st)) if on_step else None, progress=bar)
+                                   on_step=after_step, progress=bar)
     finally:
         bar.close()
     return complete or loader.position >= len(loader)  # stopped on the last batch: the epoch is complete
@@ -161,13 +168,22 @@ def save_mid_epoch(job: Job, state: TrainState) -> None:
     m = state.meter
     loss_sum, correct, seen = job.env.all_reduce_sum([m.loss_sum, m.correct, m.seen], job.device)
     if job.env.is_main:
-        meter = EpochMeter(loss_sum, correct, int(seen), m.seconds)
+        meter = dataclasses.replace(m, loss_sum=loss_sum, correct=correct, seen=int(seen))  # its curve kept
         save(job, dataclasses.replace(state, meter=meter, status="running"), "last")
+
+
+def close_window(m: Any, epoch: float) -> None:
+    """Add the mean training loss since the window's mark to the epoch's curve, at `epoch` (fractional)."""
+    if m.seen > m.mark[1]:
+        m.curve.append([round(epoch, 4), (m.loss_sum - m.mark[0]) / (m.seen - m.mark[1])])
+        m.mark = [m.loss_sum, m.seen]
 
 
 def end_of_epoch(job: Job, state: TrainState, finished: bool, out: Printer, tb: Any) -> dict:
     """Validate, log one metrics row, and write last.pt (and best.pt when validation improved)."""
     env, m = job.env, state.meter
+    loader = job.data.train
+    close_window(m, state.epoch + (1.0 if finished else loader.position / max(len(loader), 1)))
     loss_sum, correct, seen = env.all_reduce_sum([m.loss_sum, m.correct, m.seen], job.device)
     val = evaluate(job.net, job.data.val, job.criterion) if job.data.val is not None and env.is_main else None
     row = {
@@ -179,6 +195,7 @@ def end_of_epoch(job: Job, state: TrainState, finished: bool, out: Printer, tb: 
         "lr": job.optimizer.param_groups[0]["lr"] / job.optimizer.param_groups[0].get("lr_scale", 1.0),
         "images_per_s": seen / max(m.seconds, 1e-9),
         "elapsed_s": round(state.elapsed, 3),
+        "train_loss_curve": m.curve,  # this process's training loss every few steps: [epoch, loss]
     }
     if not finished:
         row["partial"] = True

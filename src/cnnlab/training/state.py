@@ -20,6 +20,10 @@ class EpochMeter:
     correct: float = 0.0
     seen: int = 0
     seconds: float = 0.0
+    # The training loss every few steps, [fractional epoch, mean loss of the window] (the epoch's row keeps it, so
+    # curves.png draws a one-epoch run as a curve), and (loss_sum, seen) where the open window started.
+    curve: list = field(default_factory=list)
+    mark: list = field(default_factory=lambda: [0.0, 0])
 
 
 @dataclass

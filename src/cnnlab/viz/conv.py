@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -13,6 +14,12 @@ from cnnlab.errors import CnnlabError
 from cnnlab.viz.style import CMAP, CMAP_SIGNED, canvas, image_axes, plot_style, root_figure, single_axes
 
 PANEL = 2.3  # inches per image panel: big enough to see edges in a 256-pixel photo
+TITLE_CHARS = 28  # characters of a 9-point title that fit over one panel
+
+
+def fit_title(title: str | None) -> str | None:
+    """A title wrapped onto lines that fit over its panel: a wider one would stick out of the figure's edge."""
+    return textwrap.fill(title, TITLE_CHARS, break_long_words=False) if title else title
 
 
 def _np(x: object) -> np.ndarray:
@@ -44,7 +51,7 @@ def kernel_heatmap(kernel: object, ax: Axes | None = None, title: str | None = N
             ax.text(c, r, text, ha="center", va="center", fontsize=size, color=color)
         image_axes(ax)
         if title:
-            ax.set_title(title)
+            ax.set_title(fit_title(title))
     return ax
 
 
@@ -84,7 +91,7 @@ def feature_map(fmap: object, ax: Axes | None = None, title: str | None = None, 
             # An inset colour bar moves with its panel instead of asking the layout for a column of its own.
             ax.figure.colorbar(im, cax=ax.inset_axes((1.03, 0.0, 0.05, 1.0)))
         if title:
-            ax.set_title(title)
+            ax.set_title(fit_title(title))
     return ax
 
 
@@ -97,7 +104,7 @@ def _image_panel(ax: Axes, image: torch.Tensor, title: str) -> None:
     else:
         ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0)
     image_axes(ax)
-    ax.set_title(title)
+    ax.set_title(fit_title(title))
 
 
 def _shape_text(t: torch.Tensor) -> str:
@@ -178,7 +185,7 @@ def loss_curve(losses: Sequence[float], ax: Axes | None = None, title: str = "tr
         ax.set_xlabel("step")
         ax.set_ylabel("mean squared error")
         ax.grid(True, alpha=0.3)
-        ax.set_title(title)
+        ax.set_title(fit_title(title))
     return ax
 
 

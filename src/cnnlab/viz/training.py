@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
+from matplotlib.ticker import MaxNLocator, MultipleLocator, PercentFormatter
 
 from cnnlab.errors import CnnlabError
 from cnnlab.viz.images import to_numpy
@@ -32,6 +32,12 @@ def best_epoch_index(history: Sequence[dict[str, Any]]) -> int | None:
     return None
 
 
+def step_curve(history: Sequence[dict[str, Any]]) -> np.ndarray:
+    """The training loss every few steps over all epochs, as (n, 2) rows of [fractional epoch, loss] (n may be 0)."""
+    points = [p for h in history for p in (h.get("train_loss_curve") or [])]
+    return np.array(points, dtype=np.float64).reshape(-1, 2)
+
+
 def plot_curves(
     history: Sequence[dict[str, Any]],
     ax: Axes | None = None,
@@ -39,7 +45,8 @@ def plot_curves(
     figsize: tuple[float, float] | None = None,
     best_epoch: int | None = None,
 ) -> Figure:
-    """Loss and accuracy per epoch, train against validation, with the best epoch (the kept checkpoint) marked.
+    """Loss and accuracy per epoch, train against validation, with the best epoch (the kept checkpoint) marked;
+    the training loss every few steps too when the history has it, with the epochs' ends marked.
 
     The best epoch is the one with the highest validation accuracy (what `best.pt` holds), or `best_epoch` when
     given; both panels mark that same epoch, so the loss panel does not point at a different "best".
@@ -50,12 +57,18 @@ def plot_curves(
     marker = "o" if len(history) <= 30 else None  # single epochs stay visible as dots
     best = epochs.index(best_epoch) if best_epoch in epochs else best_epoch_index(history)
     has_val = not np.all(np.isnan(_series(history, "val_acc")))
+    steps = step_curve(history)
     with plot_style():
         box = canvas(ax, figsize or (8.0, 3.2))
         axes = box.subplots(1, 2)
         for a, metric, label in zip(axes, ("loss", "acc"), ("loss", "accuracy")):
             train, val = _series(history, f"train_{metric}"), _series(history, f"val_{metric}")
-            if not np.all(np.isnan(train)):
+            if len(steps):
+                _epoch_axis(a, steps, epochs)
+            if metric == "loss" and len(steps):
+                a.plot(steps[:, 0], steps[:, 1], lw=1, color=COLORS["train"], alpha=0.8, label="train, every few steps")
+                a.plot(epochs, train, "o", ms=3, color=COLORS["train"], label="train, epoch mean")
+            elif not np.all(np.isnan(train)):
                 a.plot(epochs, train, marker=marker, ms=3, color=COLORS["train"], label="train")
             if not np.all(np.isnan(val)):
                 a.plot(epochs, val, marker=marker, ms=3, color=COLORS["val"], label="validation")
@@ -72,13 +85,23 @@ def plot_curves(
             a.set_xlabel("epoch")
             a.set_ylabel(label)
             a.set_title(label)
-            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+            one = len(steps) and max(epochs) <= 1  # one epoch drawn step by step: quarters of it
+            a.xaxis.set_major_locator(MultipleLocator(0.25) if one else MaxNLocator(integer=True))
             a.grid(True)
             if a.get_legend_handles_labels()[0]:
                 a.legend()
         if title:
             box.suptitle(title)
     return root_figure(box)
+
+
+def _epoch_axis(a: Axes, steps: np.ndarray, epochs: Sequence[int]) -> None:
+    """An axis from the first step to the last epoch (and a little room for its markers), each epoch's end marked with
+    a faint line."""
+    right = max(epochs[-1], steps[-1, 0])
+    a.set_xlim(min(0.0, steps[0, 0]), right + 0.03 * right)
+    for e in epochs:
+        a.axvline(e, color="#dddddd", lw=0.6, zorder=0)
 
 
 def plot_confusion(

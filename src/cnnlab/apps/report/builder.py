@@ -21,7 +21,9 @@ FEATURE_CHANNELS = 6
 
 # Settings worth reading first; the rest sit in a folded table.
 KEY_SETTINGS = ("model", "dataset", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
-                "warmup_epochs", "label_smoothing", "augment", "weights", "seed", "amp", "probe_every")
+                "warmup_epochs", "label_smoothing", "weights", "seed", "amp", "probe_every")
+SHOWN_RESOLVED = ("augment",)  # settings shown once, as they resolved ("auto" -> what auto meant for the dataset)
+PROBE_ROWS = 12  # epochs per probe figure: every snapshot is shown, in figures of at most this many rows
 
 
 def build_report(run: Any, out: str | Path | None = None, mistakes: int = MISTAKES,
@@ -166,11 +168,11 @@ def _setup(r: Any) -> str:
         ("images (train / val / test)", " / ".join(f"{resolved.get(k, 0):,}" for k in counts) if resolved else "–"),
         ("normalization", "mean " + ", ".join(f"{v:.3f}" for v in pipe.mean) + "; std "
          + ", ".join(f"{v:.3f}" for v in pipe.std)),
-        ("augmentation", resolved.get("augment", cfg.get("augment", "–"))),
+        ("augmentation", resolved.get("augment", cfg.get("augment", "–"))),  # as resolved: "auto" said once
         ("device", f"{resolved.get('device', '?')}" + (f" x {world}" if world > 1 else "")),
     ]
     key_rows = [(k, _fmt(cfg[k])) for k in KEY_SETTINGS if k in cfg]
-    rest = [(k, _fmt(v)) for k, v in cfg.items() if k not in KEY_SETTINGS]
+    rest = [(k, _fmt(v)) for k, v in cfg.items() if k not in KEY_SETTINGS + SHOWN_RESOLVED]
     env = cfg_file.get("environment", {})
     env_rows = [(k, _fmt(v)) for k, v in env.items() if k != "host"]
     body = (f'<div class="cols"><div><h3>Data and model</h3>{H.kv_table(data_rows)}</div>'
@@ -197,8 +199,10 @@ def _curves(r: Any) -> str:
         return '<p class="warn">No epoch was recorded (metrics.jsonl is empty).</p>'
     best = (r.results or {}).get("best_epoch")
     png = _png(plot_curves(history, best_epoch=best))
+    steps = " The training loss is drawn every few steps, each epoch's end marked by a faint line." \
+        if any(h.get("train_loss_curve") for h in history) else ""
     return H.figure(png, "loss and accuracy per epoch",
-                    "Loss and accuracy per epoch. The star and the dotted line mark the best epoch (highest "
+                    f"Loss and accuracy per epoch.{steps} The star and the dotted line mark the best epoch (highest "
                     "validation accuracy): its weights are the checkpoint evaluated below.")
 
 
@@ -323,31 +327,37 @@ def _probes(r: Any, probes: list[dict]) -> str:
     parts = [f'<p class="note">Recorded during training (<code>--probe-every {r.config.get("probe_every", "?")}'
              f"</code>): {len(probes)} snapshots{start}. The probe images are the first images of the validation "
              "split (else of the test split).</p>"]
+    chunks = [probes[i:i + PROBE_ROWS] for i in range(0, len(probes), PROBE_ROWS)]  # every snapshot, none skipped
+
+    def epochs(chunk: list[dict]) -> str:
+        return "" if len(chunks) == 1 else f" (epochs {chunk[0]['epoch']}-{chunk[-1]['epoch']})"
+
     if any(p.get("filters") is not None for p in probes):
-        parts.append(H.figure(_png(plot_probe_filters(probes)), "first-layer filters by epoch",
-                              "How the first-layer filters changed: rows are epochs."))
+        for chunk in chunks:
+            parts.append(H.figure(_png(plot_probe_filters(chunk, max_rows=len(chunk))), "first-layer filters by epoch",
+                                  f"How the first-layer filters changed: rows are epochs{epochs(chunk)}."))
     first = probes[0]
     layers = list(first["features"])
     # The first conv's maps (they line up with the filters above) and the deepest recorded ones.
     shown = [n for n in (first.get("filter_layer"), layers[-1] if layers else None) if n in layers]
     for layer in dict.fromkeys(shown):
-        parts.append(H.figure(_png(plot_probe_maps(probes, layer=layer)), f"feature maps of {layer} by epoch",
-                              f"Feature maps of {layer} for the first probe image, epoch by epoch."))
+        for chunk in chunks:
+            parts.append(H.figure(_png(plot_probe_maps(chunk, layer=layer, max_rows=len(chunk))),
+                                  f"feature maps of {layer} by epoch",
+                                  f"Feature maps of {layer} for the first probe image, epoch by epoch{epochs(chunk)}."))
     parts.append(_probe_predictions(r, probes))
     return "".join(parts)
 
 
 def _probe_predictions(r: Any, probes: list[dict]) -> str:
     """A table: rows = epochs, columns = probe images, cells = the prediction and its probability."""
-    from cnnlab.viz.probes import pick_epochs
-
     first = probes[0]
     classes = first.get("classes") or list(r.classes)
     targets = first["targets"].tolist()
     head = "".join(f'<th>{H.img(_pixels_png(im, 48), "probe image", css_class="pixels")}<br>true '
                    f"{H.esc(classes[t])}</th>" for im, t in zip(first["images"], targets))
     rows = []
-    for snap in pick_epochs(probes, 12):
+    for snap in probes:  # every snapshot: a table row is cheap
         if snap.get("probs") is None:
             continue
         cells = []
