@@ -111,7 +111,7 @@ def test_untrained_lenet_json_default_folder_and_channels(photos_dir: Path, tmp_
     report = json.loads(capsys.readouterr().out)
     assert report["trained"] is False and "meaningless" in report["notes"][0]
     files = {k: Path(v) for k, v in report["files"].items()}
-    assert all(p.parent == Path("explain-lenet-rocket") and p.is_file() for p in files.values())
+    assert all(p.parent == Path("cnnlab-figures/explain-lenet-rocket") and p.is_file() for p in files.values())
     assert Image.open(files["input"]).mode == "L"  # LeNet's own input: one channel
     assert main(["explain", "--model", "lenet", str(photos_dir / "rocket.jpg"), "--in-chans", "3",
                  "--input-size", "32x48", "--layers", "conv1", "--out", "rgb", "--json"]) == 0

@@ -17,7 +17,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  cnnlab conv-size 227 -k 11 -s 4          # AlexNet's first layer: 55\n"
         "  cnnlab conv-size 28 -k 5 -p 2            # 'same' padding keeps 28\n"
         "  cnnlab conv-size 227 --chain conv1:k=11,s=4 pool1:k=3,s=2 conv2:k=5,p=2 pool2:k=3,s=2",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("n", type=int, help="input height or width in pixels")
     p.add_argument("-k", "--kernel", type=int, help="kernel size k")

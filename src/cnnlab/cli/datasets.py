@@ -14,12 +14,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="List the built-in datasets with classes, image size, channels, number of images and "
         "whether their files are in the data directory (--data-dir > $CNNLAB_DATA > ~/.cache/cnnlab/data). "
         "Your own images work as folder:PATH (one sub-folder per class).",
+        epilog="examples:\n  cnnlab datasets\n"
+        "  cnnlab datasets --show mnist            # -> cnnlab-figures/mnist-samples.png\n"
+        "  cnnlab datasets --show folder:photos --per-class 4 --out photos.png\n"
+        "  cnnlab datasets --show cifar10 --download",
     )
-    p.add_argument("--data-dir", help="folder holding the datasets (default: $CNNLAB_DATA or ~/.cache/cnnlab/data)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="folder holding the datasets (default: $CNNLAB_DATA or ~/.cache/cnnlab/data)")
     p.add_argument("--show", metavar="NAME", help="write a PNG grid of samples per class of this dataset")
-    p.add_argument("--split", default="train", choices=["train", "val", "test"], help="split to sample (--show)")
-    p.add_argument("--per-class", type=int, default=8, help="samples per class in the grid (default: 8)")
-    p.add_argument("--out", help="PNG path for --show (default: <name>-samples.png)")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"],
+                   help="split to sample (--show; default: train)")
+    p.add_argument("--per-class", type=int, metavar="N", default=8,
+                   help="samples per class in the grid (default: 8)")
+    p.add_argument("--out", metavar="FILE", help="PNG path for --show (default: cnnlab-figures/<name>-samples.png)")
     p.add_argument("--download", action="store_true", help="download the dataset first if it is missing")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -73,10 +80,12 @@ def show(args: argparse.Namespace) -> int:
     from cnnlab.data import get_dataset
     from cnnlab.viz import save_figure
     from cnnlab.viz.datasets import plot_class_samples
+    from cnnlab.viz.style import FIGURES_DIR
 
     data = get_dataset(args.show, args.split, args.data_dir, download=args.download)
     fig = plot_class_samples(data, per_class=args.per_class)
-    out = args.out or re.sub(r"[^A-Za-z0-9._-]+", "_", args.show.split("/")[-1] or "folder") + "-samples.png"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", args.show.rstrip("/").split("/")[-1] or "folder")
+    out = args.out or FIGURES_DIR / f"{stem}-samples.png"
     save_figure(fig, out)
     print(f"wrote {out}: {min(len(data.classes), 20)} classes x {args.per_class} {args.split} samples of {args.show}")
     return 0

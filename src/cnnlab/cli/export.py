@@ -13,8 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "dimension and everything prediction needs embedded (class names, input size, the image conversion "
         "used in training), so `cnnlab predict MODEL.onnx IMAGE` works without the run folder. By default the "
         "export is checked: on real test images its outputs must match torch's to 1e-4, else nothing is written.",
+        epilog="examples:\n  cnnlab export last\n  cnnlab export runs/photos --format torchscript\n"
+        "  cnnlab export runs/mnist --out mnist.onnx --check-images digit.png\n  cnnlab predict mnist.onnx digit.png",
     )
-    p.add_argument("run", help="run folder (runs/...) or checkpoint file")
+    p.add_argument("run", help="run folder (runs/...; last: the newest run) or checkpoint file")
     p.add_argument("--format", choices=["onnx", "torchscript"],
                    help="output format (default: from --out's suffix, else onnx)")
     p.add_argument("--out", help="output file (default: RUN/model.onnx or RUN/model.torchscript)")

@@ -19,7 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  cnnlab kernels --list\n"
         "  cnnlab kernels photo.png --kernel sobel_x --kernel laplacian --gray --out edges.png\n"
         "  cnnlab kernels --kernel gaussian:n=7,sigma=2 --kernel sharpen",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("image", nargs="?", help="a PNG or JPEG file (default: scikit-learn's china.jpg)")
     p.add_argument(
@@ -45,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--size", type=int, default=256, help="shrink the photo so its longer side is SIZE pixels "
                    "(default: 256; 0 keeps it as is)")
-    p.add_argument("-o", "--out", default="kernels.png", help="where to save the figure (default: kernels.png)")
+    p.add_argument("-o", "--out", metavar="FILE", help="where to save the figure (default: cnnlab-figures/kernels.png)")
     p.add_argument("--list", action="store_true", help="list the named kernels with their numbers and exit")
     p.set_defaults(func=run)
 
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.conv.kernels import conv_activate_pool, parse_kernel
     from cnnlab.errors import CnnlabError
     from cnnlab.viz.conv import pipeline_figure
-    from cnnlab.viz.style import save_figure
+    from cnnlab.viz.style import FIGURES_DIR, save_figure
 
     if args.list:
         print(list_text())
@@ -104,6 +103,6 @@ def run(args: argparse.Namespace) -> int:
             f" -> 2x2 max pool {'x'.join(map(str, st.pooled.shape))}"
         )
     fig = pipeline_figure(image, kernels, channels=channels, activation=args.activation, image_title=title)
-    path = save_figure(fig, args.out)
+    path = save_figure(fig, args.out or FIGURES_DIR / "kernels.png")
     print(f"\nwrote {path}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  cnnlab learn-kernel --kernel sobel_x\n"
         "  cnnlab learn-kernel --kernel gaussian:n=5,sigma=1 --noise 0.01 --out gauss.png\n"
         "  cnnlab learn-kernel --kernel edge --image photo.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-k", "--kernel", required=True, metavar="NAME[:key=value,...]",
                    help="the kernel to recover, from `cnnlab kernels --list`, e.g. sobel_x or gaussian:n=5,sigma=1")
@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default: 1 / trace of the loss's Hessian, "
                    "a step small enough never to diverge)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
-    p.add_argument("-o", "--out", default="learned_kernel.png", help="where to save the figure "
-                   "(default: learned_kernel.png)")
+    p.add_argument("-o", "--out", metavar="FILE", help="where to save the figure "
+                   "(default: cnnlab-figures/learned-kernel-<name>.png)")
     p.set_defaults(func=run)
 
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.conv.kernels import parse_kernel
     from cnnlab.errors import CnnlabError
     from cnnlab.viz.conv import learned_kernel_figure
-    from cnnlab.viz.style import save_figure
+    from cnnlab.viz.style import FIGURES_DIR, save_figure
 
     if args.noise < 0:
         raise CnnlabError(f"--noise is a standard deviation and must be >= 0, got {args.noise}")
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     error = (result.kernel - true).abs().max().item()
     print(f"\nmax |learned - true| = {error:.2e}")
     fig = learned_kernel_figure(x, targets, true, result.kernel, result.losses, name)
-    path = save_figure(fig, args.out)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+    path = save_figure(fig, args.out or FIGURES_DIR / f"learned-kernel-{slug}.png")
     print(f"wrote {path}")
     return 0

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import difflib
 import gc
 import importlib
 import os
+import re
 import sys
 from typing import NoReturn
 
@@ -36,13 +38,49 @@ COMMAND_MODULES = [
 ]
 
 
+class Formatter(argparse.HelpFormatter):
+    """Help text wrapped to the terminal, except text written in lines (the examples, a formula): kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error told in one line and a pointer to the command's own help (not its whole usage,
+    25 lines for `cnnlab train`); a mistyped choice gets the closest ones. Subparsers are of this class too."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", Formatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}{did_you_mean(message)}\n"
+                     f"`{self.prog} --help` lists "
+                     f"{'the commands' if self.prog == 'cnnlab' else 'its options, with examples'}\n")
+
+
+def did_you_mean(message: str) -> str:
+    """' Did you mean: X?' for argparse's "invalid choice: 'x' (choose from ...)" when a choice is close."""
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if not found:
+        return ""
+    choices = [c.strip(" '") for c in found.group(2).split(",")]
+    close = difflib.get_close_matches(found.group(1), choices, n=3, cutoff=0.5)
+    return f". Did you mean: {', '.join(close)}?" if close else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every command's subparser."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cnnlab",
         description="Convolutional neural networks for image classification: "
         "learn the math, train, inspect and ship.",
-        epilog="Run `cnnlab COMMAND --help` for a command's options.",
+        epilog="Run `cnnlab COMMAND --help` for a command's options and examples.\n\nexamples:\n"
+        "  cnnlab train                      # LeNet on the bundled digits, in seconds\n"
+        "  cnnlab eval last                  # the newest run: metrics, confusion matrix, mistakes\n"
+        "  cnnlab predict last my_digit.png\n  cnnlab summary lenet --input-size 1x32x32",
     )
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")

@@ -11,6 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "models",
         help="list the model zoo",
         description="List registered models with their parameters, input size and description.",
+        epilog="examples:\n  cnnlab models\n  cnnlab models 'resnet*' --source\n  cnnlab models --json",
     )
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'lenet*' (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -6,6 +6,9 @@ import argparse
 import json
 import textwrap
 
+RESULTS = ("what each reaches, measured (accuracy and time): the README's table \"Recipes and what they reach\" "
+           "(benchmarks/README.md for the speed recipes)")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recipes", help="list named training presets",
@@ -13,8 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "its settings as `cnnlab train` flags. What each reaches, measured, is in the README's recipe "
                        "table (and benchmarks/README.md for the speed recipes).",
                        epilog="examples:\n  cnnlab recipes\n  cnnlab recipes fast-mnist\n"
-                       "  cnnlab train --recipe fast-mnist --seed 3",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       "  cnnlab train --recipe fast-mnist --seed 3",)
     p.add_argument("name", nargs="?", help="show one recipe's settings in full")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
@@ -37,4 +39,5 @@ def run(args: argparse.Namespace) -> int:
         print()
     if not args.name:
         print("use: cnnlab train --recipe NAME [options that override it]")
+        print(RESULTS)
     return 0

@@ -15,10 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "table, confusion matrix, the worst mistakes with Grad-CAM, the first-layer filters and the feature maps "
             "of a few test images; and, if it was trained with --probe-every N, how filters and feature maps changed "
             "epoch by epoch. Images are embedded: the file opens offline, with no scripts and no network."),
-        epilog="example:\n  cnnlab train --epochs 10 --probe-every 1 --out runs/demo\n  cnnlab report runs/demo",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  cnnlab report last\n  cnnlab train --epochs 10 --probe-every 1 --out runs/demo\n"
+        "  cnnlab report runs/demo --out demo.html --mistakes 24",
     )
-    p.add_argument("run", metavar="RUN", help="run folder (runs/...) or checkpoint file")
+    p.add_argument("run", metavar="RUN", help="run folder (runs/...; last: the newest run) or checkpoint file")
     p.add_argument("--out", metavar="FILE", help="HTML file to write (default: RUN/report.html)")
     p.add_argument("--mistakes", type=int, default=12, metavar="N", help="images in the mistakes gallery (default: 12)")
     p.add_argument("--images", type=int, default=3, metavar="N",

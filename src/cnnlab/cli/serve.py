@@ -12,10 +12,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Start a local web app at http://HOST:PORT/ with a JSON API under /api (docs at /docs). "
         "Without RUN it serves a LeNet trained on the bundled digits, trained once at the first start "
         "(a few seconds) and cached.",
+        epilog="examples:\n  cnnlab serve\n  cnnlab serve last --port 8080\n  cnnlab serve runs/mnist/model.onnx\n"
+        "  curl -F image=@digit.png 'http://127.0.0.1:8000/api/predict?topk=3'",
     )
     p.add_argument("run", nargs="?", default=None,
-                   help="run folder (runs/...) or checkpoint file; an exported .onnx or .torchscript model serves "
-                   "predictions only (default: the digits model)")
+                   help="run folder (runs/...; last: the newest run) or checkpoint file; an exported .onnx or "
+                   ".torchscript model serves predictions only (default: the digits model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MiB (default: 10)")

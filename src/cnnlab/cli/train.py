@@ -17,8 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n  cnnlab train\n  cnnlab train --recipe seed-cnn\n"
         "  cnnlab train --model resnet9 --dataset cifar10 --download --epochs 24\n"
         "  cnnlab train --model small_convnet --dataset folder:photos/ --epochs 30\n"
-        "  cnnlab train --resume runs/lenet-digits-20260101-120000",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "  cnnlab train --resume runs/lenet-digits-20260101-120000\n  cnnlab train --resume last",
     )
     add_arguments(p)
     p.set_defaults(func=run)
@@ -29,6 +28,10 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.training.config import explicit_settings
 
     settings = explicit_settings(args)
+    if settings.get("resume"):  # `last`, a bare run name, or a typo with the closest runs suggested
+        from cnnlab.training.run import find_run
+
+        settings["resume"] = str(find_run(settings["resume"], settings.get("runs_dir", "runs")))
     if settings.get("nproc", 1) > 1:
         from cnnlab.training.launch import launch
 

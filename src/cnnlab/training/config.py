@@ -132,7 +132,8 @@ class TrainConfig:
     # ---- several processes
     nproc: int = opt(1, "train with this many processes on this machine (launches torchrun)", valid=AT_LEAST_1)
     sync_bn: bool = opt(False, "synchronize BatchNorm statistics across processes")
-    resume: str | None = opt(None, "continue the run in this folder (or checkpoint) exactly where it stopped")
+    resume: str | None = opt(None, "continue the run in this folder (or checkpoint; last: the newest run) exactly "
+                                   "where it stopped")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -190,14 +191,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
             continue
+        choices = f.metadata["choices"]
         shown = json.dumps(default) if kind is dict else default
-        parser.add_argument(flag, dest=name, default=None, choices=f.metadata["choices"],
-                            type=str if kind is dict else kind, metavar=_metavar(name, kind),
-                            help=f"{help_text} (default: {shown})")
+        said = [f"one of {', '.join(choices)}"] if choices else []
+        if default is not None and "(default:" not in help_text:  # a help line may say its default in words
+            said.append(f"default: {shown}")
+        parser.add_argument(flag, dest=name, default=None, choices=choices, type=str if kind is dict else kind,
+                            metavar=None if choices else _metavar(name, kind),  # choices show as {a,b,c}
+                            help=help_text + (f" ({'; '.join(said)})" if said else ""))
 
 
 def _metavar(name: str, kind: type) -> str:
-    return {"model": "NAME", "dataset": "NAME", "recipe": "NAME", "out": "DIR", "resume": "RUN"}.get(
+    return {"model": "NAME", "dataset": "NAME", "recipe": "NAME", "out": "DIR", "resume": "RUN", "data_dir": "DIR",
+            "runs_dir": "DIR", "input_size": "CxHxW", "augment": "SPEC", "weights": "WEIGHTS"}.get(
         name, {int: "N", float: "X", str: "TEXT", dict: "JSON"}[kind]
     )
 
