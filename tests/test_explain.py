@@ -11,11 +11,10 @@ import torch
 from PIL import Image
 
 import cnnlab
-from cnnlab.apps.explain import as_subject, default_out_dir
+from cnnlab.apps.explain import as_subject, default_out_dir, explain
 from cnnlab.cli.main import main
 from cnnlab.data import get_dataset
 from cnnlab.errors import CnnlabError
-from cnnlab.apps.explain import explain
 
 
 def pixels(path: Path) -> np.ndarray:
