@@ -59,9 +59,10 @@ def find_test_data(places: Iterable[tuple[str, Path]], cache: Path,
     except Exception as exc:  # offline, a proxy, a full disk: all end in the same instruction
         folders = " and ".join(f"{f}/raw/" for f in TEST_DATASETS.values())
         where = "; ".join(f"{label} ({path})" for label, path in places)
+        why = " ".join(str(exc).split())[:300]  # one line, whatever the downloader said
         raise RuntimeError(
             f"the tests need MNIST and Fashion-MNIST ({folders} with the IDX files, torchvision's layout) in one of: "
-            f"{where}; downloading them into {cache} failed ({type(exc).__name__}: {exc}): copy them there, or set "
+            f"{where}; downloading them into {cache} failed ({type(exc).__name__}: {why}): copy them there, or set "
             f"CNNLAB_DATA to a folder that holds them") from None
     return cache.resolve()
 

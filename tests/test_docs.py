@@ -70,8 +70,8 @@ def test_test_data_is_looked_for_in_order_then_fetched_into_the_cache(tmp_path: 
 
 
 def test_offline_with_the_data_nowhere_is_one_line_saying_what_to_put_where(tmp_path: Path) -> None:
-    def offline(name: str, where: Path) -> None:
-        raise OSError("[Errno -3] Temporary failure in name resolution")
+    def offline(name: str, where: Path) -> None:  # as torchvision's downloader says it, over several lines
+        raise OSError("Tried http://example.invalid/mnist/, got:\n[Errno -3] Temporary failure in name resolution\n.")
 
     places = data_places(None, tmp_path / "clone" / "cnnlab", tmp_path / "cache")
     with pytest.raises(RuntimeError) as info:
