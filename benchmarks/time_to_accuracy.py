@@ -96,8 +96,9 @@ def _drain(proc: subprocess.Popen) -> tuple[str, str]:
 
 
 def train_cmd(recipe: str, seed: int, out: Path, extra: list[str]) -> list[str]:
+    # --overwrite: the round after the reference trains the same seeds into the same folders again.
     return [sys.executable, "-m", "cnnlab", "train", "--recipe", recipe, "--seed", str(seed), "--out", str(out),
-            "--json", *extra]
+            "--overwrite", "--json", *extra]
 
 
 def run_recipe(recipe: str, seeds: list[int], work: Path, extra: list[str]) -> dict:

@@ -75,8 +75,10 @@ def test_unknown_kernel_and_parameter_errors_name_the_options() -> None:
         get_kernel("laplacian", neighbours=6)
     with pytest.raises(CnnlabError, match="positive"):
         get_kernel("gaussian", sigma=0)
-    with pytest.raises(CnnlabError, match="positive integer"):
+    with pytest.raises(CnnlabError, match="an integer from 1 to 99"):
         get_kernel("box_blur", n=2.5)
+    with pytest.raises(CnnlabError, match="an integer from 1 to 99, got 100000"):  # refused before it is built
+        get_kernel("gaussian", n=100_000)
 
 
 def test_parse_kernel_spec() -> None:
