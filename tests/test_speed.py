@@ -37,7 +37,7 @@ SMOKE_ARGS: dict[str, list[str] | None] = {
 
 # What a script must print besides its environment line.
 SMOKE_EXPECT = {
-    "fault_matrix.py": ["3 of 3 killed runs ended bit-identical"],
+    "fault_matrix.py": ["1 of 1 killed runs ended bit-identical"],
     "api_fuzz.py": ["0 operations with failures"],
     # our seeds run again after the reference, and the ratio uses both rounds
     "time_to_accuracy.py": ["fast-mnist, after the reference:", "median of both rounds", "before it", "after it"],
