@@ -44,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the Jupyter lessons, from tensors to transfer learning: list them, open one",
         description=textwrap.fill("Six numbered Jupyter lessons that walk the classic CNN tutorials' path with "
                                   "cnnlab: each idea worked out by hand, checked against torch, then used on a model "
-                                  "you train (each runs in about a minute on a laptop CPU). Without an action, list "
-                                  "them.", 100),
+                                  "you train (each runs in a minute or two on a laptop CPU). Without an action, "
+                                  "list them.", 100),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
