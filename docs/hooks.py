@@ -76,10 +76,11 @@ def on_post_page(output: str, page, config) -> str:
 
 
 def generated_pages() -> dict[str, str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     return {
         "cli.md": cli_reference(),
         "recipes.md": recipes_page(),
-        "guide.md": rewrite_links((ROOT / "README.md").read_text(encoding="utf-8")),
+        "guide.md": rewrite_links(readme.replace("# cnnlab\n", "# Guide\n", 1)),
         "benchmarks.md": rewrite_links((ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")),
         "lessons/index.md": lessons_index(),
     }
@@ -154,8 +155,8 @@ def lessons_index() -> str:
     parts = ["# Learn CNNs with cnnlab", "",
              "Six lessons that walk the classic tutorials' path: each idea worked out by hand, checked against "
              "PyTorch, then used on a real model you train. Each runs top to bottom in a minute or two on a "
-             "laptop CPU; the pages below show the outputs of the run that built this site, and every number their text "
-             "states is checked in CI.", "",
+             "laptop CPU; the pages below show the outputs of the run that built this site, and every number "
+             "their text states is checked in CI.", "",
              "Run them yourself: `pip install 'cnnlab[lessons]'`, then `cnnlab lessons open 1` (it copies the "
              "notebook into `./cnnlab-lessons` and starts JupyterLab). The data they need is the bundled digits, "
              "scikit-learn's sample photos, and MNIST and Fashion-MNIST, downloaded the first time if they are "
