@@ -1,6 +1,6 @@
 """MkDocs hooks for the cnnlab site: the pages made from the code and the repository's own files (command-line
-reference from the parsers, recipes, the README as the guide, the benchmarks, the lessons' index), the lessons
-executed once and handed to mkdocs-jupyter with their outputs, and their solution cells folded.
+reference from the parsers, recipes, the README as the guide, the benchmarks and security notes, the lessons'
+index), the lessons executed once and handed to mkdocs-jupyter with their outputs, and their solution cells folded.
 
 Executed lessons come from `lessons/execute.py`: an up-to-date copy in $CNNLAB_EXECUTED_LESSONS (the tests set
 it) or build/lessons is reused; otherwise the lesson runs now.
@@ -24,7 +24,7 @@ from mkdocs.structure.files import File, Files
 ROOT = Path(__file__).resolve().parent.parent
 # Relative links of the repository's Markdown files -> where those pages are on the site.
 LINKS = {"docs/ARCHITECTURE.md": "ARCHITECTURE.md", "benchmarks/README.md": "benchmarks.md",
-         "lessons/": "lessons/index.md"}
+         "SECURITY.md": "security.md", "lessons/": "lessons/index.md"}
 HELP_COLUMNS = "100"  # argparse wraps help text to the terminal; the reference is generated at one fixed width
 
 
@@ -82,6 +82,7 @@ def generated_pages() -> dict[str, str]:
         "recipes.md": recipes_page(),
         "guide.md": rewrite_links(readme.replace("# cnnlab\n", "# Guide\n", 1)),
         "benchmarks.md": rewrite_links((ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")),
+        "security.md": rewrite_links((ROOT / "SECURITY.md").read_text(encoding="utf-8")),
         "lessons/index.md": lessons_index(),
     }
 
