@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "kernels",
     "conv_size",
     "learn_kernel",
+    "lessons",
 ]
 
 

@@ -77,12 +77,28 @@ def _scan_split(folder: Path, classes: tuple[str, ...] | None) -> tuple[tuple[st
     return classes, files, targets, skipped, gray
 
 
-@functools.lru_cache(maxsize=8)
 def scan_folder(root: Path) -> FolderScan:
-    """Find the classes and image files under `root` (class folders, or train/ + val/ and/or test/)."""
+    """Find the classes and image files under `root` (class folders, or train/ + val/ and/or test/).
+
+    A scan opens every file, so it is kept for the next call (the train, val and test splits each ask), but only
+    while no folder under `root` changed: adding, removing or renaming an image or a class folder changes its
+    folder's modification time, and a notebook that adds images then sees them.
+    """
     root = Path(root)
     if not root.is_dir():
         raise CnnlabError(f"{root} is not a folder: folder:PATH needs a folder with one sub-folder per class")
+    return _scan_folder(root, folder_stamp(root))
+
+
+def folder_stamp(root: Path) -> tuple[tuple[str, int], ...]:
+    """Every folder under `root` (itself included) with its modification time."""
+    folders = [root, *(p for p in root.rglob("*") if p.is_dir())]
+    return tuple(sorted((str(d), d.stat().st_mtime_ns) for d in folders))
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_folder(root: Path, stamp: tuple[tuple[str, int], ...]) -> FolderScan:
+    """The scan itself; `stamp` only keys the cache."""
     layout = {"train": root / "train"} if (root / "train").is_dir() else {"train": root}
     if "train" in layout and layout["train"] != root:
         for n in VAL_NAMES:

@@ -56,6 +56,10 @@ class Summary:
     def __str__(self) -> str:
         return render(self.rows) + "\n" + self.totals_text()
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython and Jupyter show the table, as `print` does, when a summary is a cell's last expression."""
+        printer.text(str(self))
+
     def totals_text(self) -> str:
         return "\n".join(
             [

@@ -15,6 +15,8 @@ _EXPORTS = {
     "TrainState": "cnnlab.training.state",
     "Run": "cnnlab.training.run",
     "load_run": "cnnlab.training.run",
+    "evaluate_run": "cnnlab.training.evaluation",
+    "EvalResult": "cnnlab.training.evaluation",
     "Recipe": "cnnlab.training.recipes",
     "get_recipe": "cnnlab.training.recipes",
     "list_recipes": "cnnlab.training.recipes",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +17,9 @@ from cnnlab.training.inference import Outputs, evaluate
 from cnnlab.training.loss import Criterion
 from cnnlab.training.run import Run
 from cnnlab.training.tta import check_tta
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -61,25 +65,37 @@ class EvalResult:
         pipe = dataclasses.replace(self.run.pipeline, source_channels=self.data.info.channels)
         return pipe.convert(take(self.data, idx)[0]).float() / 255.0
 
+    def confusion_figure(self, normalized: bool = False) -> Figure:
+        """The confusion matrix: rows the true class, columns the predicted one (row fractions if `normalized`)."""
+        from cnnlab.viz import plot_confusion
+
+        return plot_confusion(self.report.confusion.numpy(), list(self.report.classes), normalize=normalized)
+
+    def mistakes_figure(self, n: int = 24) -> Figure | None:
+        """The n misclassified images with the highest loss, titled true / predicted (a figure saying so when there
+        are no mistakes); None when n is 0."""
+        from cnnlab.viz import plot_mistakes
+
+        if n <= 0:
+            return None
+        wrong = self.wrong
+        idx = wrong[:n]
+        probs = probabilities(self.logits[idx], self.run.outputs_are_probs)
+        title = (f"{len(idx)} of the {len(wrong):,} misclassified images ({len(wrong) / max(self.n, 1):.1%} of "
+                 f"{self.n:,}), highest loss first" if len(wrong) else f"no mistakes in {self.n:,} images")
+        images = self.images(idx) if len(idx) else []
+        return plot_mistakes(images, self.targets[idx].tolist(), probs.argmax(1).tolist(),
+                             probs.max(1).values.tolist(), list(self.report.classes), title=title)
+
     def save_figures(self, out: Path, mistakes: int = 24, normalized: bool = False) -> dict[str, Path]:
         """confusion.png, and mistakes.png: the misclassified images with the highest loss (only mistakes), in `out`."""
-        from cnnlab.viz import plot_confusion, plot_mistakes, save_figure
+        from cnnlab.viz import save_figure
 
         out = Path(out)
-        paths = {"confusion matrix": save_figure(
-            plot_confusion(self.report.confusion.numpy(), list(self.report.classes), normalize=normalized),
-            out / "confusion.png")}
-        wrong = self.wrong
-        idx = wrong[:mistakes]
-        if mistakes > 0:
-            probs = probabilities(self.logits[idx], self.run.outputs_are_probs)
-            title = (f"{len(idx)} of the {len(wrong):,} misclassified images ({len(wrong) / max(self.n, 1):.1%} of "
-                     f"{self.n:,}), highest loss first" if len(wrong) else f"no mistakes in {self.n:,} images")
-            images = self.images(idx) if len(idx) else []
-            paths["mistakes"] = save_figure(
-                plot_mistakes(images, self.targets[idx].tolist(), probs.argmax(1).tolist(),
-                              probs.max(1).values.tolist(), list(self.report.classes), title=title),
-                out / "mistakes.png")
+        paths = {"confusion matrix": save_figure(self.confusion_figure(normalized), out / "confusion.png")}
+        gallery = self.mistakes_figure(mistakes)
+        if gallery is not None:
+            paths["mistakes"] = save_figure(gallery, out / "mistakes.png")
         return paths
 
 
