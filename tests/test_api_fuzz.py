@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from schemathesis.specs.openapi.checks import positive_data_acceptance
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from cnnlab.apps.serve import create_app
 from cnnlab.cli.main import main

@@ -245,7 +245,7 @@ def _make_folder(root: Path) -> dict[str, Path]:
 
 
 def test_folder_dataset_converts_odd_images_and_skips_bad_files(tmp_path: Path, capfd) -> None:
-    made = _make_folder(tmp_path / "imgs")
+    _make_folder(tmp_path / "imgs")
     splits = {s: get_dataset(f"folder:{tmp_path / 'imgs'}", s, image_size=(16, 16)) for s in ("train", "val", "test")}
     err = capfd.readouterr().err
     for bad in ("truncated.png", "garbage.jpg", "notes.txt"):

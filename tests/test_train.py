@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from cnnlab.training.engine import NonFiniteLoss
 
 import cnnlab
 from cnnlab.errors import CnnlabError
 from cnnlab.training import TrainConfig, load_run
 from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.config import FIELDS, resolve
+from cnnlab.training.engine import NonFiniteLoss
 from cnnlab.training.schedule import lr_at
 
 QUIET = {"quiet": True}
