@@ -362,9 +362,11 @@ def test_broken_links_and_lonely_classes_are_reported(tmp_path: Path, capfd) -> 
         for i in range(n):
             Image.new("L", (8, 8), 40 * i).save(root / cls / f"{i}.png")
     (root / "a" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (root / "b" / "loop.png").symlink_to(root / "b" / "loop.png")  # a link to itself
+    (root / "b" / "up").symlink_to(root)  # a folder link back up: not followed, no endless walk
     get_dataset(f"folder:{root}", "train", image_size=(8, 8))
     err = capfd.readouterr().err
-    assert "gone.png: no such file" in err
+    assert "gone.png: no such file" in err and "loop.png" in err
     assert "class 'c' has one image" in err
 
 
