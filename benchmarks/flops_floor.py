@@ -62,12 +62,16 @@ def category(name: str) -> str:
 
 def recipe_setup(name: str, quick: bool):
     """The recipe's config and its built Job (model, optimizer, loaders) in a scratch run folder."""
+    import atexit
+    import shutil
     import tempfile
 
     from cnnlab.training.config import resolve
     from cnnlab.training.setup import build
 
-    settings = {"recipe": name, "out": tempfile.mkdtemp(prefix="cnnlab-floor-"), "quiet": True}
+    scratch = tempfile.mkdtemp(prefix="cnnlab-floor-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # the run folder is scratch: gone at exit
+    settings = {"recipe": name, "out": scratch, "quiet": True}
     if quick:
         settings |= {"subset": 2000, "epochs": 1}
     cfg = resolve(settings)
