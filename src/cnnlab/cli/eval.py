@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.files import atomic_write_json
     from cnnlab.text import format_table
     from cnnlab.training.evaluation import evaluate_run
+    from cnnlab.training.metrics import balanced_text, results_accuracy_text
     from cnnlab.training.run import load_run
 
     r = load_run(args.run)
@@ -58,8 +59,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     top = "  ".join(f"top-{k} {v:.2%}" for k, v in rep.topk.items() if k > 1)
     tta = f" (with {result.tta} TTA)" if result.tta != "none" else ""
-    print(f"{result.dataset} {args.split}: {result.n:,} images  accuracy {rep.accuracy:.2%}{tta}  loss {rep.loss:.4f}  "
-          f"{top}")
+    print(f"{result.dataset} {args.split}: {result.n:,} images  accuracy "
+          f"{results_accuracy_text(summary, args.split)}{tta}  loss {rep.loss:.4f}  {top}")
+    balanced = balanced_text(summary, args.split)
+    if balanced:
+        print(balanced)
     print()
     rows = [[c["class"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"]]
             for c in rep.per_class()]

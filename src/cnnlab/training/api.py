@@ -49,6 +49,7 @@ def resume(run: str | Path, on_step: OnStep | None = None, **overrides: Any) -> 
                           f"(changeable: {', '.join(sorted(RESUMABLE))})")
     saved = dict(ckpt["config"])
     saved["resume"] = None
+    saved.setdefault("class_weights", "none")  # a run from before class weights trained unweighted
     if saved.get("feature_extraction"):
         raise CnnlabError("a --feature-extraction run is not resumed: run its command again; the embeddings "
                           "come from the cache, so it takes seconds")

@@ -15,6 +15,7 @@ from cnnlab.training.schedule import SCHEDULES
 
 # Torch-free, so that building the command line imports no torch.
 TTA_MODES = ("none", "flip")  # test-time augmentation (see tta.py)
+CLASS_WEIGHTS = ("auto", "none", "balanced")  # weights of the classes in the training loss (see loss.py)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class TrainConfig:
     warmup_epochs: float = opt(0.0, "linear warm-up over this many epochs (any schedule)", valid=COUNT)
     step_epochs: float = opt(1.0, "step schedule: multiply the rate by --gamma every this many epochs", valid=POSITIVE)
     gamma: float = opt(0.7, "step schedule: the factor", valid=POSITIVE)
+    class_weights: str = opt("auto", "weigh each class's images in the training loss by n / (classes x the "
+                                     "class's count) (balanced), or not (none); auto: balanced when the largest "
+                                     "class has 1.5x the training images of the smallest or more", choices=CLASS_WEIGHTS)
     label_smoothing: float = opt(0.0, "label smoothing for the cross-entropy (0.1 is common)", valid=FRACTION)
     grad_clip: float = opt(0.0, "clip the gradient's global norm to this (0: off)", valid=COUNT)
     amp: str = opt("off", "mixed precision: bf16 or fp16 autocast (fp16 on CUDA only); auto: bf16 where the hardware "
@@ -252,7 +256,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.feature_extraction and cfg.probe_every:
         raise CnnlabError("--feature-extraction keeps the backbone's filters fixed: there is nothing for "
                           "--probe-every to follow; drop it")
-    for name in ("optimizer", "schedule", "amp", "device", "tta"):
+    for name in ("optimizer", "schedule", "amp", "device", "tta", "class_weights"):
         choices = FIELDS[name].metadata["choices"]
         if getattr(cfg, name) not in choices:
             raise CnnlabError(f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")

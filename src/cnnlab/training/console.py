@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from cnnlab.training.config import TrainConfig
+from cnnlab.training.metrics import balanced_text, results_accuracy_text
 from cnnlab.training.state import EpochMeter, TrainState
 
 
@@ -35,6 +36,11 @@ class Printer:
               f"input {'x'.join(map(str, r['input_size']))}, augment {r['augment']}, {r['device']}"
               + (f" with {cfg.amp} autocast" if cfg.amp != "off" else "")
               + (f" x {world} processes, {_threads(cfg)}" if world > 1 else ""))
+        weights = r.get("class_weights") or {}
+        if weights.get("weights"):
+            shown = ", ".join(f"{c} {w:.2f}" for c, w in zip(r["classes"][:10], weights["weights"]))
+            more = ", ..." if len(r["classes"]) > 10 else ""
+            print(f"class weights {shown}{more} ({weights['why']})")
         print(f"run folder: {self.run_dir}")
 
     def bar(self, total: int, epoch: int, initial: int = 0) -> "ProgressBar":
@@ -71,8 +77,11 @@ class Printer:
         best = (f", best epoch {results['best_epoch']} (val {results['best_val_acc']:.2%})"
                 if results.get("best_val_acc") is not None else "")
         tta = f" with {results['tta']} TTA" if results.get("tta", "none") != "none" else ""
-        print(f"test accuracy {results['test_acc']:.2%}{tta} (loss {results['test_loss']:.4f}){best}, "
+        print(f"test accuracy {results_accuracy_text(results)}{tta}, loss {results['test_loss']:.4f}{best}, "
               f"{results['train_seconds']:.1f} s of training")
+        balanced = balanced_text(results)
+        if balanced:
+            print(balanced)
         if not self.quiet:
             print(f"run: {run}\n  curves:  {run / 'curves.png'}\n  results: {run / 'results.json'}\n"
                   f"  model:   {run / 'checkpoints' / 'best.pt'}\n"

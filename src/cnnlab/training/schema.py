@@ -56,6 +56,7 @@ class CheckpointSchema(BaseModel):
     input_size: tuple[Literal[1, 3], Positive, Positive]
     pipeline: PipelineSchema
     single_logit: bool = False
+    class_weights: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = None
     config: dict[str, Any]
     epoch: Annotated[int, Field(ge=0)]
     step: Annotated[int, Field(ge=0)]

@@ -21,7 +21,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import get_model, get_model_info, parse_input_size
 from cnnlab.training.config import TrainConfig
 from cnnlab.training.distributed import DistEnv, check_sync_bn, init_distributed, threads_per_process
-from cnnlab.training.loss import Criterion
+from cnnlab.training.loss import Criterion, class_weights
 from cnnlab.training.rundir import RunLock, checkpoint_bytes, shared_run_dir
 from cnnlab.training.schedule import Schedule
 from cnnlab.training.tta import check_tta
@@ -80,6 +80,7 @@ class Job:
     run_dir: Path
     lock: RunLock | None = None  # held on the run folder while this process writes it (the main process only)
     results_extra: dict[str, Any] = field(default_factory=dict)  # more for results.json (feature extraction's)
+    class_weights_why: str = "none"  # why the loss weighs the classes as it does (--class-weights)
 
 
 # ---------------------------------------------------------------- the process
@@ -302,6 +303,14 @@ def build_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
                     step_size=max(1, round(cfg.step_epochs * steps_per_epoch)), gamma=cfg.gamma)
 
 
+def build_criterion(cfg: TrainConfig, data: RunData, single: bool) -> tuple[Criterion, str]:
+    """The loss, its class weights from the training split's class counts (all of it, whatever this rank's share),
+    and why it weighs them so."""
+    counts = torch.bincount(data.train.targets.cpu().long(), minlength=len(data.info.classes)).tolist()
+    weights, why = class_weights(cfg.class_weights, counts)
+    return Criterion(single_logit=single, label_smoothing=cfg.label_smoothing, class_weights=weights), why
+
+
 # ---------------------------------------------------------------- all of it
 
 
@@ -313,9 +322,10 @@ def build(cfg: TrainConfig, run_dir: Path | None = None) -> Job:
     data = build_data(cfg, env, device)
     net, model = build_model(cfg, data, env, device)
     _, single = output_classes(cfg, len(data.info.classes))
+    criterion, weights_why = build_criterion(cfg, data, single)
     run_dir, lock = shared_run_dir(cfg, env, needed_bytes=checkpoint_bytes(net), existing=run_dir)
     return Job(cfg=cfg, env=env, device=device, net=net, model=model, classifier=Classifier(net),
-               criterion=Criterion(single_logit=single, label_smoothing=cfg.label_smoothing),
+               criterion=criterion, class_weights_why=weights_why,
                optimizer=build_optimizer(cfg, net), scaler=torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16"),
                schedule=build_schedule(cfg, len(data.train)), data=data, run_dir=run_dir, lock=lock)
 
@@ -328,6 +338,7 @@ def describe(job: Job) -> dict[str, Any]:
         "num_outputs": whole.spec.num_classes,
         "single_logit": job.criterion.single_logit,
         "classes": list(data.info.classes),
+        "class_weights": {"weights": list(job.criterion.class_weights or []) or None, "why": job.class_weights_why},
         "dataset": data.info.name,
         "train_images": data.train.num_samples * job.env.world_size,
         "val_images": len(data.val.targets) if data.val else 0,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cnnlab.errors import CnnlabError
 from cnnlab.training.checkpoint import resume_position, rng_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -67,6 +69,7 @@ def checkpoint_state(job: "Job", state: TrainState) -> dict[str, Any]:
         "classes": list(data.info.classes),
         "dataset": data.info.name,
         "single_logit": job.criterion.single_logit,
+        "class_weights": list(job.criterion.class_weights) if job.criterion.class_weights else None,
         "input_size": list(whole.spec.input_size),
         "pipeline": data.pipeline.to_dict(),
         "augment": data.augment.to_dict(),
@@ -86,9 +89,23 @@ def progress(ckpt: dict[str, Any]) -> TrainState:
     )
 
 
+def restore_class_weights(job: "Job", ckpt: dict[str, Any]) -> None:
+    """The loss weighs the classes as the checkpoint's run did (None in runs older than class weights), whatever the
+    training split's counts are now."""
+    saved = ckpt.get("class_weights")
+    weights = tuple(float(w) for w in saved) if saved else None
+    if weights and len(weights) != len(job.data.info.classes):
+        raise CnnlabError(f"the checkpoint holds {len(weights)} class weights for {len(job.data.info.classes)} "
+                          f"classes: it is not this run's")
+    if weights != job.criterion.class_weights:
+        job.criterion = dataclasses.replace(job.criterion, class_weights=weights)
+        job.class_weights_why = "as saved in the checkpoint" if weights else "none (as the checkpoint's run trained)"
+
+
 def restore(job: "Job", ckpt: dict[str, Any]) -> TrainState:
     """Put a run back exactly as the checkpoint left it."""
     job.classifier.load_state_dict(ckpt["state_dict"])
+    restore_class_weights(job, ckpt)
     job.optimizer.load_state_dict(ckpt["optimizer"])
     job.scaler.load_state_dict(ckpt["scaler"])
     state = progress(ckpt)

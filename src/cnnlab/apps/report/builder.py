@@ -142,11 +142,18 @@ def _metrics(r: Any, ev: Any) -> dict[str, Any]:
     return {}
 
 
+def _accuracy(m: dict[str, Any]) -> str:
+    """The test accuracy, with its 95% interval on a small test split."""
+    from cnnlab.training.metrics import results_accuracy_text
+
+    return results_accuracy_text(m) if m.get("test_acc") is not None else "–"
+
+
 def _headline(r: Any, ev: Any) -> str:
     m = _metrics(r, ev)
     params = sum(p.numel() for p in r.model.parameters())
     best = m.get("best_epoch")
-    items = [("test accuracy", _pct(m.get("test_acc"))),
+    items = [("test accuracy", _accuracy(m)),
              ("test loss", f"{m['test_loss']:.4f}" if m.get("test_loss") is not None else "–"),
              ("best epoch (kept)", f"{best} of {m.get('epochs_run', len(r.history))}" if best else "–"),
              ("best validation accuracy", _pct(m.get("best_val_acc"))),
@@ -217,7 +224,12 @@ def _results(r: Any, ev: Any, eval_error: str | None) -> str:
     if not (r.results and "test_acc" in r.results):
         parts.append('<p class="warn">The run has no results.json (it did not finish): these metrics were '
                      'computed now, on the test split, with its best checkpoint.</p>')
-    rows = [("accuracy", _pct(m.get("test_acc"))), ("loss", f"{m.get('test_loss', float('nan')):.4f}")]
+    from cnnlab.training.metrics import balanced_summary
+
+    rows = [("accuracy", _accuracy(m)), ("loss", f"{m.get('test_loss', float('nan')):.4f}")]
+    balanced = balanced_summary(m)
+    if balanced:  # the per-class table beside it holds the recalls
+        rows.append(("balanced accuracy", f"{balanced[0]:.1%} (mean recall; classes unbalanced {balanced[1]:.1f}:1)"))
     rows += [(f"top-{k} accuracy", _pct(m[f"test_top{k}_acc"])) for k in (3, 5) if f"test_top{k}_acc" in m]
     confused = m.get("most_confused") or []
     side = H.kv_table(rows)
