@@ -110,7 +110,9 @@ def test_report_is_self_contained_and_every_image_decodes(probed_run: Path) -> N
     assert strip.shape[0] == round((3 * 0.8 + 0.6) * 100) and strip.shape[1] == round((6 * 0.8 + 0.9) * 100)
     words = " ".join(page.text)
     results = json.loads((probed_run / "results.json").read_text())
-    assert f"{results['test_acc']:.2%}" in words
+    # The digits' 359 test images: the accuracy with its 95% interval (as results.json stores it).
+    low, high = results["test_acc_ci_low"], results["test_acc_ci_high"]
+    assert f"{results['test_acc']:.1%} (95% CI {low * 100:.1f}-{high:.1%}, {results['test_images']} images)" in words
     for row in ("epoch 0", "epoch 1", "epoch 2"):
         assert row in words  # the probe predictions table
     assert "lenet on digits" in words and "probe_every" in words
@@ -140,7 +142,7 @@ def test_an_unfinished_run_is_evaluated_now(probed_run: Path, tmp_path: Path) ->
     words = " ".join(page.text)
     assert "computed now" in words and "probes" not in page.ids
     expected = json.loads((probed_run / "results.json").read_text())["test_acc"]
-    assert f"{expected:.2%}" in words  # the same best checkpoint on the same split gives the same accuracy
+    assert f"{expected:.1%} (95% CI" in words  # the same best checkpoint on the same split gives the same accuracy
     decoded(page)
 
 
