@@ -19,9 +19,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from PIL import Image
-
 from _common import print_environment
+from PIL import Image
 
 
 def write_folder(root: Path, pair: tuple[int, int], counts: dict[str, tuple[int, int]], data_dir: str) -> Path:

@@ -159,6 +159,7 @@ def test_an_unbalanced_folder_is_weighted_and_its_small_test_split_reported_hone
     assert main(["report", str(out), "--mistakes", "0", "--images", "0"]) == 0
     page = (out / "report.html").read_text(encoding="utf-8")
     assert f"(95% CI {low * 100:.1f}-{high:.1%}, {n} images)" in page and "balanced accuracy" in page
+    assert f"1 {weights[1]:.2f} (auto: the largest class has" in page
 
 
 def test_json_output_carries_the_interval(lopsided: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

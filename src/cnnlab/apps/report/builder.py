@@ -176,6 +176,7 @@ def _setup(r: Any) -> str:
         ("normalization", "mean " + ", ".join(f"{v:.3f}" for v in pipe.mean) + "; std "
          + ", ".join(f"{v:.3f}" for v in pipe.std)),
         ("augmentation", resolved.get("augment", cfg.get("augment", "–"))),  # as resolved: "auto" said once
+        ("class weights in the loss", _class_weights(resolved)),
         ("device", f"{resolved.get('device', '?')}" + (f" x {world}" if world > 1 else "")),
     ]
     key_rows = [(k, _fmt(cfg[k])) for k in KEY_SETTINGS if k in cfg]
@@ -188,6 +189,15 @@ def _setup(r: Any) -> str:
     if env_rows:
         body += f"<details><summary>software and machine</summary>{H.kv_table(env_rows)}</details>"
     return body
+
+
+def _class_weights(resolved: dict[str, Any]) -> str:
+    """'0 0.55, 1 5.50 (auto: ...)', or 'none' (runs from before class weights: none)."""
+    saved = resolved.get("class_weights") or {}
+    if not saved.get("weights"):
+        return "none"
+    pairs = ", ".join(f"{c} {w:.2f}" for c, w in zip(resolved.get("classes", []), saved["weights"]))
+    return f"{pairs} ({saved.get('why', '')})"
 
 
 def _fmt(v: Any) -> str:
