@@ -18,7 +18,6 @@ from PIL import Image
 from test_folder_e2e import make_photo_folder, one_torch_thread  # noqa: F401 (a fixture, used by name)
 
 import cnnlab
-from cnnlab.apps.export import export_run
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.gradcam import GradCAM, find_target_layer
 from cnnlab.inspect.summary import summary
@@ -174,7 +173,7 @@ def test_new_head_embed_freeze_gradcam_and_summary() -> None:
     assert table.total_params == count_parameters(model)
 
 
-def test_real_imagenet_features_beat_random_init_and_export(photos_dir: Path, tmp_path: Path) -> None:
+def test_real_imagenet_features_beat_random_init_on_photo_crops(photos_dir: Path, tmp_path: Path) -> None:
     """Feature extraction on small crops of three photos: the ImageNet features separate them, random ones less."""
     folder = make_photo_folder(photos_dir, tmp_path / "crops", names=("astronaut", "chelsea", "coffee"),
                                per_class=30, size=64, side=(0.15, 0.3), seed=1)
@@ -185,7 +184,5 @@ def test_real_imagenet_features_beat_random_init_and_export(photos_dir: Path, tm
     # 18 test images, chance 1/3; measured: ImageNet features 100%, random ones 72%.
     assert real.results["test_acc"] >= 0.9
     assert real.results["test_acc"] >= random.results["test_acc"] + 0.2
-
-    # The trained model exports to ONNX (TensorFlow's asymmetric padding included) and agrees with torch.
-    exported = export_run(real, out=tmp_path / "lite0.onnx")
-    assert exported.check.ok and exported.exporter == "dynamo" and not exported.notes
+    # Its ONNX export (the dynamo exporter takes tens of seconds on this network) is checked by lesson 6, which
+    # exports its EfficientNet-Lite0 run and compares ONNX Runtime's predictions with torch's.
