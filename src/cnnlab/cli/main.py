@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "datasets",
     "recipes",
     "train",
+    "lr_find",
     "eval",
     "predict",
     # look inside and ship
