@@ -18,13 +18,13 @@ import torch
 from cnnlab.errors import CnnlabError
 from cnnlab.training.engine import autocast, set_lr, train_step
 from cnnlab.training.lr_find import batches, preserved
-
 from cnnlab.training.setup import set_train_mode
 
 if TYPE_CHECKING:
     from cnnlab.training.setup import Job
 
 Clock = Callable[[], float]
+CLOCK: Clock = time.perf_counter  # what measures; tests put a fake clock here
 WARMUP_STEPS = 3  # untimed: the first steps allocate and pick kernels
 TIMED_STEPS = (5, 30)  # at least, at most; as many as fit in MEASURE_SHARE of the budget
 MEASURE_SHARE = 0.03
@@ -86,10 +86,10 @@ def plan_budget(budget_s: float, steps_per_epoch: int, m: Measured, *, has_val: 
                       step_s=m.step_s, val_s=m.val_s if has_val else 0.0, test_s=m.test_s, spent_s=m.spent_s)
 
 
-def measure(job: "Job", budget_s: float, clock: Clock = time.perf_counter, already_spent: float = 0.0) -> Measured:
+def measure(job: "Job", budget_s: float, clock: Clock | None = None, already_spent: float = 0.0) -> Measured:
     """Time training steps (the median of a few, after warm-up ones) and one evaluation batch; every state the steps
     touch is restored."""
-    cfg, loader = job.cfg, job.data.train
+    cfg, loader, clock = job.cfg, job.data.train, clock or CLOCK
     start = clock()
     durations: list[float] = []
     timed_max = max(TIMED_STEPS[0], min(TIMED_STEPS[1], len(loader) - WARMUP_STEPS))
@@ -144,7 +144,7 @@ def report(plan: BudgetPlan, state: Any, used_s: float) -> dict[str, Any]:
             "within": used_s <= plan.budget_s}
 
 
-def plan_for_job(job: "Job", clock: Clock = time.perf_counter, already_spent: float = 0.0) -> BudgetPlan:
+def plan_for_job(job: "Job", clock: Clock | None = None, already_spent: float = 0.0) -> BudgetPlan:
     """--budget: measure, plan, apply, and say so in one line."""
     from cnnlab.training.console import Printer
 

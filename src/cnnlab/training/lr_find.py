@@ -229,8 +229,15 @@ def use_suggestion(job: "Job", num_steps: int = NUM_STEPS) -> LRFinderResult:
 def lr_find_config(cfg: Any, **kwargs: Any) -> tuple[LRFinderResult, str]:
     """The range test on a config's model, data, loss and optimizer, built as `cnnlab train` builds them (but no run
     folder); (the result, the dataset's name)."""
-    from cnnlab.training.setup import (build_data, build_model, build_optimizer, output_classes, resolve_amp,
-                                       set_train_mode, start_process)
+    from cnnlab.training.setup import (
+        build_data,
+        build_model,
+        build_optimizer,
+        output_classes,
+        resolve_amp,
+        set_train_mode,
+        start_process,
+    )
 
     device, env = start_process(cfg)
     cfg = dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, device))
