@@ -13,7 +13,9 @@ SKIPPED = ("out", "overwrite", "runs_dir", "resume", "epochs", "lr", "schedule",
 
 def register(sub: argparse._SubParsersAction) -> None:
     from cnnlab.training.config import add_arguments
-    from cnnlab.training.lr_find import END_LR, NUM_STEPS, START_LR
+    from cnnlab.training.schedule import RANGE_TEST
+
+    START_LR, END_LR, NUM_STEPS = RANGE_TEST
 
     p = sub.add_parser(
         "lr-find",

@@ -22,11 +22,12 @@ from cnnlab.errors import CnnlabError
 from cnnlab.training.checkpoint import rng_state, set_rng_state
 from cnnlab.training.engine import set_lr, train_step
 from cnnlab.training.loss import Criterion
+from cnnlab.training.schedule import RANGE_TEST, exponential
 
 if TYPE_CHECKING:
     from cnnlab.training.setup import Job
 
-START_LR, END_LR, NUM_STEPS = 1e-7, 10.0, 100  # fastai's defaults
+START_LR, END_LR, NUM_STEPS = RANGE_TEST
 BETA = 0.9  # smoothing of the loss: an exponential moving average, debiased (fastai: 0.98, which lags by ~50 steps)
 DIVERGE = 4.0  # stop once the smoothed loss exceeds this many times its minimum
 ONSET = 0.1  # the descent starts where the loss has made this share of its fall
@@ -109,14 +110,13 @@ def lr_find(model: nn.Module, criterion: Criterion, optimizer: torch.optim.Optim
                           f"{end_lr:g}, {num_steps}")
     clock = clock or time.perf_counter
     result = LRFinderResult()
-    ratio = (end_lr / start_lr) ** (1 / (num_steps - 1))
     avg, best = 0.0, math.inf
     with preserved(model, optimizer, scaler, loader):
         if not model.training:  # as train_one_epoch: a caller may have frozen parts of it, they stay so
             model.train()
         t0 = clock()
         for i, (x, y) in enumerate(batches(loader, num_steps)):
-            lr = start_lr * ratio**i
+            lr = exponential(i, num_steps, start_lr, end_lr)
             set_lr(optimizer, lr)
             loss, _ = train_step(model, criterion, optimizer, x.to(device), y.to(device), scaler=scaler, amp=amp,
                                  grad_clip=grad_clip)
