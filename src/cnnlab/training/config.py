@@ -51,7 +51,7 @@ def parse_duration(text: Any) -> float:
     """Seconds from 90, '60s', '2m', '1.5min' or '1h' (a number alone is seconds)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return float(text)
-    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
+    found = re.fullmatch(r"\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
     if not found or found.group(2) not in SECONDS:
         raise ValueError("a duration is needed, e.g. 90, 60s, 2m, 1.5min or 1h")
     return float(found.group(1)) * SECONDS[found.group(2)]
