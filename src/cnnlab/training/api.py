@@ -72,7 +72,7 @@ def resume(run: str | Path, on_step: OnStep | None = None, **overrides: Any) -> 
         raise CnnlabError(f"{run_dir} already finished its training and wrote its results; resume with --epochs N to "
                           f"train longer")
     job = build(cfg, run_dir=run_dir)
-    if ckpt.get("budget"):  # the plan made when the run started, not a new measurement
+    if ckpt.get("budget") and "epochs" not in overrides:  # the plan made at the start (--epochs N: train longer)
         apply_plan(job, BudgetPlan(**ckpt["budget"], started=time.monotonic()))
     try:
         return fit(job, restore(job, ckpt), on_step=on_step, resumed=True)
