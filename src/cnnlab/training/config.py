@@ -124,7 +124,7 @@ class TrainConfig:
     max_time: float = opt(0.0, "stop after this many seconds of training (0: no limit)", resume=True, valid=COUNT)
     budget: float = opt(0.0, "plan the run to end within this time (90, 60s, 2m, 1.5min): epochs and the schedule's "
                              "length from the speed of the first steps, validation and the final test included; "
-                             "it decides --epochs (0: off)", valid=COUNT, parse=parse_duration)
+                             "it decides --epochs (default: 0, off)", valid=COUNT, parse=parse_duration)
     checkpoint_every: float = opt(300.0, "also save a resumable checkpoint every this many seconds inside an epoch, so "
                                          "a killed run loses at most that (0: at epoch ends only)", resume=True,
                                   valid=COUNT)
