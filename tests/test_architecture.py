@@ -10,7 +10,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = SRC / "cnnlab"
 

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "datasets",
     "recipes",
     "train",
+    "lr_find",
     "eval",
     "predict",
     # look inside and ship
@@ -68,7 +69,7 @@ def did_you_mean(message: str) -> str:
     if not found:
         return ""
     choices = [c.strip(" '") for c in found.group(2).split(",")]
-    close = difflib.get_close_matches(found.group(1), choices, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(found.group(1), choices, n=3, cutoff=0.6)
     return f". Did you mean: {', '.join(close)}?" if close else ""
 
 

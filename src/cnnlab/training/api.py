@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError
+from cnnlab.training.budget import BudgetPlan, apply_plan, plan_for_job
 from cnnlab.training.checkpoint import find_checkpoint, load_checkpoint
 from cnnlab.training.config import RESUMABLE, TrainConfig, resolve
+from cnnlab.training.lr_find import use_suggestion
 from cnnlab.training.run import Run
 from cnnlab.training.runner import OnStep, fit, stop_reason
 from cnnlab.training.schema import check_run_checkpoint
-from cnnlab.training.setup import build
+from cnnlab.training.setup import Job, build
 from cnnlab.training.state import TrainState, progress, restore
 
 
@@ -32,10 +35,21 @@ def train(config: TrainConfig | None = None, on_step: OnStep | None = None, **se
             from cnnlab.training.features import embeddings_job
 
             job = embeddings_job(job)
+        prepare(job)
         return fit(job, TrainState(), on_step=on_step)
     finally:
         if job.lock is not None:
             job.lock.release()
+
+
+def prepare(job: Job) -> None:
+    """Settings resolved by measuring before the first step: --lr auto (a range test), then --budget (the plan; the
+    range test's seconds count against it)."""
+    start = time.perf_counter()
+    if job.cfg.lr == "auto":
+        use_suggestion(job)
+    if job.cfg.budget:
+        plan_for_job(job, already_spent=time.perf_counter() - start)
 
 
 def resume(run: str | Path, on_step: OnStep | None = None, **overrides: Any) -> Run:
@@ -59,6 +73,8 @@ def resume(run: str | Path, on_step: OnStep | None = None, **overrides: Any) -> 
         raise CnnlabError(f"{run_dir} already finished its training and wrote its results; resume with --epochs N to "
                           f"train longer")
     job = build(cfg, run_dir=run_dir)
+    if ckpt.get("budget") and "epochs" not in overrides:  # the plan made at the start (--epochs N: train longer)
+        apply_plan(job, BudgetPlan(**ckpt["budget"], started=time.monotonic()))
     try:
         return fit(job, restore(job, ckpt), on_step=on_step, resumed=True)
     finally:

@@ -6,9 +6,10 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from cnnlab.errors import CnnlabError
 from cnnlab.training.schedule import SCHEDULES
@@ -43,12 +44,25 @@ class Range:
 
 POSITIVE, COUNT, AT_LEAST_1 = Range(0, low_open=True), Range(0), Range(1)
 FRACTION = Range(0, 1, high_open=True)
+SECONDS = {"": 1, "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60,
+           "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600}
 
 
-def opt(default: Any, help: str, choices: tuple | None = None, resume: bool = False, valid: Range | None = None) -> Any:
-    """A setting: its default, the help line the CLI shows, optional choices or valid range, and whether a resume
-    may change it."""
-    meta = {"help": help, "choices": choices, "resume": resume, "valid": valid}
+def parse_duration(text: Any) -> float:
+    """Seconds from 90, '60s', '2m', '1.5min' or '1h' (a number alone is seconds)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    found = re.fullmatch(r"\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
+    if not found or found.group(2) not in SECONDS:
+        raise ValueError("a duration is needed, e.g. 90, 60s, 2m, 1.5min or 1h")
+    return float(found.group(1)) * SECONDS[found.group(2)]
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, resume: bool = False, valid: Range | None = None,
+        words: tuple[str, ...] = (), parse: Callable[[Any], Any] | None = None) -> Any:
+    """A setting: its default, the help line the CLI shows, optional choices or valid range, whether a resume may
+    change it, the words it takes besides values of its type (lr: "auto"), and a parser of its text (durations)."""
+    meta = {"help": help, "choices": choices, "resume": resume, "valid": valid, "words": words, "parse": parse}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -82,7 +96,8 @@ class TrainConfig:
     epochs: int = opt(15, "passes over the training split", resume=True, valid=AT_LEAST_1)
     batch_size: int = opt(64, "images per step (per process when distributed)", valid=AT_LEAST_1)
     optimizer: str = opt("adamw", "optimizer", choices=("sgd", "adam", "adamw"))
-    lr: float = opt(3e-3, "peak learning rate", valid=POSITIVE)
+    lr: float | str = opt(3e-3, "peak learning rate, or auto: the suggestion of a learning-rate range test run "
+                                "first (see `cnnlab lr-find`)", valid=POSITIVE, words=("auto",))
     momentum: float = opt(0.9, "SGD momentum (0: plain SGD); Adam's beta1", valid=FRACTION)
     nesterov: bool = opt(False, "Nesterov momentum for SGD")
     weight_decay: float = opt(5e-4, "weight decay (not applied to biases and norm layers)", valid=COUNT)
@@ -111,6 +126,9 @@ class TrainConfig:
     patience: int = opt(0, "stop after this many epochs without a better validation accuracy (0: off)", resume=True,
                         valid=COUNT)
     max_time: float = opt(0.0, "stop after this many seconds of training (0: no limit)", resume=True, valid=COUNT)
+    budget: float = opt(0.0, "plan the run to end within this time (90, 60s, 2m, 1.5min): epochs and the schedule's "
+                             "length from the speed of the first steps, validation and the final test included; "
+                             "it decides --epochs (default: 0, off)", valid=COUNT, parse=parse_duration)
     checkpoint_every: float = opt(300.0, "also save a resumable checkpoint every this many seconds inside an epoch, so "
                                          "a killed run loses at most that (0: at epoch ends only)", resume=True,
                                   valid=COUNT)
@@ -164,10 +182,14 @@ def coerce(name: str, value: Any) -> Any:
     if name not in FIELDS:
         known = ", ".join(FIELDS)
         raise CnnlabError(f"unknown training setting {name!r}; known settings: {known}")
-    kind = _base_type(name)
+    kind, meta = _base_type(name), FIELDS[name].metadata
     if value is None or kind is bool and isinstance(value, bool):
         return value
+    if isinstance(value, str) and value.strip().lower() in meta["words"]:
+        return value.strip().lower()
     try:
+        if meta["parse"] is not None:
+            return meta["parse"](value)
         if kind is dict:
             value = json.loads(value) if isinstance(value, str) else value
             if not isinstance(value, dict):
@@ -183,10 +205,13 @@ def coerce(name: str, value: Any) -> Any:
         raise CnnlabError(f"setting {name}={value!r}: expected {kind.__name__} ({reason})") from None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One CLI option per field of TrainConfig: `--batch-size`, `--no-normalize`, ...; defaults stay unset."""
+def add_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One CLI option per field of TrainConfig (but those in `skip`): `--batch-size`, `--no-normalize`, ...; defaults
+    stay unset."""
     defaults = TrainConfig()
     for name, f in FIELDS.items():
+        if name in skip:
+            continue
         flag = "--" + name.replace("_", "-")
         kind = _base_type(name)
         default = getattr(defaults, name)
@@ -200,14 +225,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         said = [f"one of {', '.join(choices)}"] if choices else []
         if default is not None and "(default:" not in help_text:  # a help line may say its default in words
             said.append(f"default: {shown}")
-        parser.add_argument(flag, dest=name, default=None, choices=choices, type=str if kind is dict else kind,
+        as_text = kind is dict or f.metadata["words"] or f.metadata["parse"]  # coerce() reads them
+        parser.add_argument(flag, dest=name, default=None, choices=choices, type=str if as_text else kind,
                             metavar=None if choices else _metavar(name, kind),  # choices show as {a,b,c}
                             help=help_text + (f" ({'; '.join(said)})" if said else ""))
 
 
 def _metavar(name: str, kind: type) -> str:
     return {"model": "NAME", "dataset": "NAME", "recipe": "NAME", "out": "DIR", "resume": "RUN", "data_dir": "DIR",
-            "runs_dir": "DIR", "input_size": "CxHxW", "augment": "SPEC", "weights": "WEIGHTS"}.get(
+            "runs_dir": "DIR", "input_size": "CxHxW", "augment": "SPEC", "weights": "WEIGHTS", "lr": "LR|auto",
+            "budget": "TIME"}.get(
         name, {int: "N", float: "X", str: "TEXT", dict: "JSON"}[kind]
     )
 
@@ -237,7 +264,7 @@ def validate(cfg: TrainConfig) -> None:
     """Reject settings that cannot work, with the valid range or the fix in the message."""
     for name, f in FIELDS.items():
         value, valid = getattr(cfg, name), f.metadata["valid"]
-        if valid is not None and value is not None and value not in valid:
+        if valid is not None and value is not None and value not in f.metadata["words"] and value not in valid:
             raise CnnlabError(f"--{name.replace('_', '-')} must be {valid}, got {value}")
     whole = math.isfinite(cfg.val_size) and float(cfg.val_size).is_integer() and cfg.val_size >= 1
     if not (cfg.val_size == -1 or 0 <= cfg.val_size < 1 or whole):
@@ -251,6 +278,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.feature_extraction and cfg.tta != "none":
         raise CnnlabError("--feature-extraction tests the head on cached embeddings of the unmirrored images; "
                           "drop --tta")
+    if cfg.nproc > 1 and (cfg.lr == "auto" or cfg.budget):
+        raise CnnlabError("--lr auto and --budget measure one process; run `cnnlab lr-find` (or a short run) first, "
+                          "then give --nproc N with --lr VALUE and --epochs N")
     if cfg.feature_extraction and cfg.nproc > 1:
         raise CnnlabError("--feature-extraction runs in one process (fitting the head takes seconds); drop --nproc")
     if cfg.feature_extraction and cfg.probe_every:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 from cnnlab.data import take
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_save, atomic_write_json, atomic_write_text
-from cnnlab.training import metrics
+from cnnlab.training import budget, metrics
 from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.training.console import Printer
 from cnnlab.training.distributed import shutdown, weights_digest
@@ -136,10 +136,11 @@ def train_epoch(job: Job, state: TrainState, stop: StopFlag, out: Printer, on_st
     loader.set_epoch(state.epoch)
     bar = out.bar(len(loader), state.epoch + 1, initial=loader.resume_batch)
     saved_at = time.monotonic()
+    planned_end = job.budget.total_steps if job.budget is not None else None  # a --budget plan of part of an epoch
 
     def should_stop() -> bool:
         nonlocal saved_at
-        time_up = bool(cfg.max_time) and state.elapsed >= cfg.max_time
+        time_up = bool(cfg.max_time) and state.elapsed >= cfg.max_time or state.step == planned_end
         due = bool(cfg.checkpoint_every) and time.monotonic() - saved_at >= cfg.checkpoint_every
         # Act on flags every rank agrees on: a rank that stopped (or saved) alone would leave the others waiting.
         stop.agreed, time_up, due = job.env.any([stop.requested, time_up, due], job.device)
@@ -270,6 +271,11 @@ def finish(job: Job, state: TrainState, out: Printer) -> dict | None:
         **({"weights_sha1_by_rank": digests} if digests else {}),
         **job.results_extra,
     }
+    if job.budget is not None:
+        results["budget"] = budget.report(job.budget, state, time.monotonic() - job.budget.started)
+        b = results["budget"]
+        out.note(f"budget {b['budget_s']:g} s: {b['used_s']:.1f} s used for {b['steps_run']:,} steps "
+                 f"({b['epochs_run']} epoch{'s' if b['epochs_run'] != 1 else ''}), validation and the test")
     with writing(job, job.run_dir / "curves.png"):
         draw_curves(state.history, job.run_dir / "curves.png", state.best_epoch)
     # results.json last: its presence says the run is complete (a resume finishes a run killed before it).

@@ -6,6 +6,12 @@ import math
 from dataclasses import dataclass
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
+RANGE_TEST = (1e-7, 10.0, 100)  # the learning-rate range test's ramp: first rate, last rate, steps (fastai's)
+
+
+def exponential(step: int, total_steps: int, start: float, end: float) -> float:
+    """The range test's ramp: `start` at step 0 to `end` at the last step, the same factor every step."""
+    return start * (end / start) ** (step / max(1, total_steps - 1))
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:

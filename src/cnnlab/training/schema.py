@@ -48,6 +48,23 @@ class ModelSpecSchema(BaseModel):
     kwargs: dict[str, Any] = {}
 
 
+Seconds = Annotated[float, Field(ge=0, le=1e7)]
+
+
+class BudgetSchema(BaseModel):
+    """The --budget plan (training/budget.py's BudgetPlan.to_dict())."""
+
+    model_config = ConfigDict(extra="forbid")
+    budget_s: Seconds
+    epochs: Positive
+    total_steps: Annotated[int, Field(gt=0)]
+    steps_per_epoch: Positive
+    step_s: Seconds
+    val_s: Seconds
+    test_s: Seconds
+    spent_s: Seconds
+
+
 class CheckpointSchema(BaseModel):
     """The metadata of a run's checkpoint (its tensors are checked by load_state_dict)."""
 
@@ -62,6 +79,7 @@ class CheckpointSchema(BaseModel):
     step: Annotated[int, Field(ge=0)]
     status: str
     dataset: str | None = None
+    budget: BudgetSchema | None = None
 
 
 def check_run_checkpoint(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:

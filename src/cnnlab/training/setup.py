@@ -81,6 +81,8 @@ class Job:
     lock: RunLock | None = None  # held on the run folder while this process writes it (the main process only)
     results_extra: dict[str, Any] = field(default_factory=dict)  # more for results.json (feature extraction's)
     class_weights_why: str = "none"  # why the loss weighs the classes as it does (--class-weights)
+    choices: dict[str, Any] = field(default_factory=dict)  # settings resolved when the run started: value, reason
+    budget: Any = None  # the --budget plan it follows (budget.BudgetPlan)
 
 
 # ---------------------------------------------------------------- the process
@@ -290,15 +292,21 @@ def build_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
         for (no_decay, backbone), ps in groups.items()
     ]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(params, lr=base_lr(cfg), momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+        return torch.optim.Adam(params, lr=base_lr(cfg), betas=(cfg.momentum, 0.999))
+    return torch.optim.AdamW(params, lr=base_lr(cfg), betas=(cfg.momentum, 0.999))
+
+
+def base_lr(cfg: TrainConfig) -> float:
+    """--lr; with --lr auto, a stand-in until the range test sets it (every step sets the rate from the schedule)."""
+    return TrainConfig.lr if cfg.lr == "auto" else cfg.lr
 
 
 def build_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
     """The learning rate of every step of the run, from the epoch-based settings."""
-    return Schedule(cfg.schedule, cfg.lr, total_steps=steps_per_epoch * cfg.epochs,
+    return Schedule(cfg.schedule, base_lr(cfg), total_steps=steps_per_epoch * cfg.epochs,
                     warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
                     step_size=max(1, round(cfg.step_epochs * steps_per_epoch)), gamma=cfg.gamma)
 
@@ -350,4 +358,6 @@ def describe(job: Job) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in whole.parameters()),
         "steps_per_epoch": len(data.train),
         "weights": getattr(whole, "weights_info", None),  # where a torchvision backbone's weights came from
+        **({"choices": job.choices} if job.choices else {}),
+        **({"budget": job.budget.to_dict()} if job.budget is not None else {}),
     }

@@ -75,6 +75,7 @@ def checkpoint_state(job: "Job", state: TrainState) -> dict[str, Any]:
         "augment": data.augment.to_dict(),
         "config": cfg.to_dict(),
         "weights": getattr(whole, "weights_info", None) or cfg.weights,
+        "budget": job.budget.to_dict() if job.budget is not None else None,  # the --budget plan a resume follows
     }
 
 

@@ -1,0 +1,161 @@
+"""`--budget`: plan a run's length (epochs, the schedule's steps) so that training, its validation passes and the
+final test end inside a time budget, from the speed measured on the first steps.
+
+measure (a few steps and evaluation batches, then every state restored) -> plan_budget (pure arithmetic) -> apply.
+The plan is saved in the checkpoint, so a resumed run follows it instead of measuring again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.training.engine import autocast, set_lr, train_step
+from cnnlab.training.lr_find import batches, preserved
+from cnnlab.training.setup import set_train_mode
+
+if TYPE_CHECKING:
+    from cnnlab.training.setup import Job
+
+Clock = Callable[[], float]
+CLOCK: Clock = time.perf_counter  # what measures; tests put a fake clock here
+WARMUP_STEPS = 3  # untimed: the first steps allocate and pick kernels
+TIMED_STEPS = (5, 30)  # at least, at most; as many as fit in MEASURE_SHARE of the budget
+MEASURE_SHARE = 0.03
+MARGIN = 0.05  # of the budget kept free: checkpoints, printing, a slower moment
+MIN_STEPS = 10  # a plan with fewer optimizer steps is refused
+
+
+@dataclass
+class Measured:
+    """Seconds per training step and per pass of validation and test, as measured (or estimated) before training."""
+
+    step_s: float
+    val_s: float
+    test_s: float
+    spent_s: float  # already used from the budget: the measurement itself (and a learning-rate range test)
+
+
+@dataclass
+class BudgetPlan:
+    """How a run fits its budget; saved in the checkpoint (to_dict) and followed as is by a resume."""
+
+    budget_s: float
+    epochs: int
+    total_steps: int  # the schedule's length: epochs x steps per epoch, or a part of one epoch
+    steps_per_epoch: int
+    step_s: float
+    val_s: float
+    test_s: float
+    spent_s: float
+    started: float = field(default=0.0, repr=False)  # time.monotonic() when planning began, in this process
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "started"}
+
+    def describe(self) -> str:
+        images = "" if self.step_s <= 0 else f"{1 / self.step_s:,.1f} steps/s measured"
+        length = (f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} ({self.total_steps:,} steps)"
+                  if self.total_steps >= self.steps_per_epoch else
+                  f"{self.total_steps:,} of one epoch's {self.steps_per_epoch:,} steps")
+        return (f"budget {self.budget_s:g} s: {images}; planned {length}, validation ~{self.val_s:.1f} s per "
+                f"epoch, final test ~{self.test_s:.1f} s, the schedule decaying over the planned steps")
+
+
+def plan_budget(budget_s: float, steps_per_epoch: int, m: Measured, *, has_val: bool = True) -> BudgetPlan:
+    """The most epochs (or, below one, steps) whose training, validation and final test fit the budget."""
+    per_epoch = steps_per_epoch * m.step_s + (m.val_s if has_val else 0.0)
+    free = budget_s * (1 - MARGIN) - m.spent_s - m.test_s
+    epochs = math.floor(free / per_epoch) if per_epoch > 0 else 0
+    if epochs >= 1:
+        total = epochs * steps_per_epoch
+    else:
+        epochs, total = 1, math.floor((free - (m.val_s if has_val else 0.0)) / max(m.step_s, 1e-12))
+    if total < MIN_STEPS:
+        needed = (m.spent_s + m.test_s + m.val_s + MIN_STEPS * m.step_s) / (1 - MARGIN)
+        raise CnnlabError(f"--budget {budget_s:g}s is too small: {MIN_STEPS} steps ({m.step_s * 1000:.0f} ms each, "
+                          f"measured) with a validation pass and the final test need about {math.ceil(needed)} s; "
+                          f"give --budget {math.ceil(needed)}s or more")
+    return BudgetPlan(budget_s=budget_s, epochs=epochs, total_steps=int(total), steps_per_epoch=steps_per_epoch,
+                      step_s=m.step_s, val_s=m.val_s if has_val else 0.0, test_s=m.test_s, spent_s=m.spent_s)
+
+
+def measure(job: "Job", budget_s: float, clock: Clock | None = None, already_spent: float = 0.0) -> Measured:
+    """Time training steps (the upper quartile of a few, after warm-up ones) and one evaluation batch; every state the
+    steps touch is restored."""
+    cfg, loader, clock = job.cfg, job.data.train, clock or CLOCK
+    start = clock()
+    durations: list[float] = []
+    timed_max = max(TIMED_STEPS[0], min(TIMED_STEPS[1], len(loader) - WARMUP_STEPS))
+    with preserved(job.model, job.optimizer, job.scaler, loader):
+        set_train_mode(job.net, cfg, 0)
+        set_lr(job.optimizer, job.schedule(0))
+        for i, (x, y) in enumerate(batches(loader, WARMUP_STEPS + timed_max)):
+            t0 = clock()
+            loss, _ = train_step(job.model, job.criterion, job.optimizer, x, y, scaler=job.scaler, amp=cfg.amp,
+                                 grad_clip=cfg.grad_clip)
+            loss.item()  # wait for the device
+            if i >= WARMUP_STEPS:
+                durations.append(clock() - t0)
+                if len(durations) >= TIMED_STEPS[0] and clock() - start > MEASURE_SHARE * budget_s:
+                    break
+    step_s = sorted(durations)[3 * len(durations) // 4]  # the upper quartile: slower moments come, faster rarely
+    image_s = eval_image_seconds(job, clock)
+    val_s = image_s * len(job.data.val.targets) if job.data.val is not None else 0.0
+    test_s = image_s * len(job.data.test.targets) * (2 if cfg.tta == "flip" else 1)
+    return Measured(step_s=step_s, val_s=val_s, test_s=test_s, spent_s=already_spent + clock() - start)
+
+
+def eval_image_seconds(job: "Job", clock: Clock) -> float:
+    """Seconds per image of evaluation: a batch timed after one untimed (the first allocates)."""
+    loader = job.data.val if job.data.val is not None and len(job.data.val) else job.data.test
+    was_training = job.net.training
+    job.net.eval()
+    seconds, size = 0.0, 1
+    try:
+        with torch.no_grad():
+            for x, _ in batches(loader, 2):
+                t0 = clock()
+                with autocast(job.device, job.cfg.amp):
+                    job.model(x).float().sum().item()
+                seconds, size = clock() - t0, len(x)
+    finally:
+        job.net.train(was_training)
+    return seconds / max(size, 1)
+
+
+def apply_plan(job: "Job", plan: BudgetPlan) -> None:
+    """Make the job follow the plan: its epochs (config.json records them) and its schedule's length."""
+    job.cfg = dataclasses.replace(job.cfg, epochs=plan.epochs)
+    job.schedule = dataclasses.replace(job.schedule, total_steps=plan.total_steps)
+    job.budget = plan
+
+
+def report(plan: BudgetPlan, state: Any, used_s: float) -> dict[str, Any]:
+    """results.json's "budget": the plan, what ran, and the seconds used from planning (or resuming) to the
+    results."""
+    return {**plan.to_dict(), "steps_run": state.step, "epochs_run": state.epoch, "used_s": round(used_s, 2),
+            "within": used_s <= plan.budget_s}
+
+
+def plan_for_job(job: "Job", clock: Clock | None = None, already_spent: float = 0.0) -> BudgetPlan:
+    """--budget: measure, plan, apply, and say so in one line."""
+    from cnnlab.training.console import Printer
+
+    started = time.monotonic() - already_spent
+    measured = measure(job, job.cfg.budget, clock, already_spent)
+    plan = plan_budget(job.cfg.budget, len(job.data.train), measured, has_val=job.data.val is not None)
+    plan.started = started
+    apply_plan(job, plan)
+    out = Printer(job.cfg, job.run_dir, job.env.is_main)
+    if plan.total_steps < plan.steps_per_epoch:
+        out.note(f"warning: --budget {plan.budget_s:g}s holds less than one epoch: training {plan.total_steps:,} "
+                 f"of its {plan.steps_per_epoch:,} steps")
+    out.note(plan.describe())
+    return plan

@@ -1,0 +1,105 @@
+"""--budget: the plan from measured speeds (a fake clock here, never a timing assertion), a schedule that decays over
+the planned length, the plan in results.json and in the checkpoint, followed as is by a resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnlab
+from cnnlab.errors import CnnlabError
+from cnnlab.training import budget
+from cnnlab.training.budget import Measured, plan_budget
+from cnnlab.training.checkpoint import load_checkpoint
+
+
+def test_the_plan_fits_training_validation_and_test_in_the_budget() -> None:
+    m = Measured(step_s=0.01, val_s=0.5, test_s=1.0, spent_s=2.0)
+    plan = plan_budget(60, steps_per_epoch=100, m=m)
+    # 60 s less 5% margin, 2 s spent and the 1 s test leave 54 s; an epoch is 100 x 0.01 + 0.5 = 1.5 s: 36 epochs.
+    assert (plan.epochs, plan.total_steps) == (36, 3600)
+    used = m.spent_s + plan.epochs * (100 * m.step_s + m.val_s) + m.test_s
+    assert used <= 60 * (1 - budget.MARGIN)
+    assert plan_budget(60, 100, m, has_val=False).epochs == 54  # no validation split: no validation passes
+
+
+def test_a_budget_under_one_epoch_plans_part_of_it_and_too_little_is_refused_with_the_minimum() -> None:
+    m = Measured(step_s=0.1, val_s=1.0, test_s=2.0, spent_s=1.0)
+    plan = plan_budget(20, steps_per_epoch=500, m=m)
+    assert plan.epochs == 1 and plan.total_steps == 150  # (20 x 0.95 - 1 - 2 - 1) / 0.1
+    with pytest.raises(CnnlabError, match=r"--budget 5s is too small: 10 steps .* about 6 s; give --budget 6s"):
+        plan_budget(5, steps_per_epoch=500, m=m)
+
+
+class FakeClock:
+    """Every reading is `tick` seconds after the previous one."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+RUN = dict(model="lenet", dataset="digits", subset=512, batch_size=64, threads=1, seed=3, quiet=True)
+
+
+def test_a_budget_run_follows_its_plan_and_reports_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each clock reading 10 ms after the last: a step "takes" 10 ms, evaluation 10 ms per batch of 1000 at most.
+    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.01))
+    run = cnnlab.train(budget="1s", out=str(tmp_path / "r"), **RUN)
+    b = run.results["budget"]
+    assert b["budget_s"] == 1 and b["steps_per_epoch"] == 8 and b["step_s"] == pytest.approx(0.01)
+    assert b["epochs"] == run.results["epochs_run"] == len(run.history) > 1
+    assert b["total_steps"] == b["steps_run"] == 8 * b["epochs"]
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["config"]["epochs"] == b["epochs"] and config["resolved"]["budget"]["epochs"] == b["epochs"]
+    assert run.history[-1]["lr"] < 0.05 * run.history[0]["lr"] or run.history[-1]["lr"] < 1e-4  # it decayed
+
+
+def test_part_of_an_epoch_is_planned_and_decays_to_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.05))  # 50 ms a step: one epoch of 16 steps does not fit in 2 s
+    run = cnnlab.train(budget=2.0, out=str(tmp_path / "r"), **{**RUN, "batch_size": 32})
+    b = run.results["budget"]
+    assert b["epochs"] == 1 and 0 < b["total_steps"] == b["steps_run"] < b["steps_per_epoch"]
+    row = run.history[-1]
+    assert row.get("partial") and row["lr"] < 0.1 * 3e-3  # the one-cycle ran its whole course in those steps
+
+
+def _stop_after(step: int):
+    def on_step(job, state):
+        if state.step == step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return on_step
+
+
+def test_resume_follows_the_saved_plan_bit_for_bit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.01))
+    whole = cnnlab.train(budget="1s", out=str(tmp_path / "a"), **RUN)
+    cnnlab.train(budget="1s", out=str(tmp_path / "b"), on_step=_stop_after(13), **RUN)  # in the second epoch
+    ckpt = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert ckpt["status"] == "interrupted" and ckpt["budget"]["total_steps"] == whole.results["budget"]["total_steps"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a resume measured again")
+
+    monkeypatch.setattr(budget, "measure", refuse)
+    resumed = cnnlab.train(resume=str(tmp_path / "b"), quiet=True)
+    assert resumed.results["budget"]["epochs"] == whole.results["budget"]["epochs"]
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["state_dict"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_a_budget_too_small_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.5))
+    with pytest.raises(CnnlabError, match=r"^--budget 1s is too small: .* give --budget \d+s or more$"):
+        cnnlab.train(budget="1s", out=str(tmp_path / "r"), **RUN)
