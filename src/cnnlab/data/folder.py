@@ -39,6 +39,9 @@ def folder_splits(scan: FolderScan, val_size: int | float | None, split_seed: in
         out["test"] = (scan.files["val"], scan.targets["val"])
     else:
         keep, held = stratified_split(targets, 0.2, seed=split_seed)
+        if not len(held):
+            raise CnnlabError(f"{scan.root} has {len(files)} readable images: too few to hold out a fifth for the test "
+                              f"split; add images (a few per class at least), or give it train/ and test/ folders")
         out["test"] = ([files[i] for i in held.tolist()], targets[held].tolist())
     if "val" not in out:
         holdout = 0.1 if val_size is None else val_size

@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,9 +221,15 @@ def _report(scan: FolderScan, listing: dict[str, list[Entry]]) -> None:
             raise CnnlabError(f"class folder {folder / scan.classes[label]} has no readable images: put images in it or remove it"
                               + (f" ({bad} unreadable files)" if bad else ""))
     if len(scan.files) == 1:  # one folder for everything: its splits are carved from train
-        for label in [t for t in set(scan.targets["train"]) if scan.targets["train"].count(t) == 1]:
-            print(f"warning: class {scan.classes[label]!r} has one image in {root}: it cannot be in both the "
-                  f"training and the test split (add images to {root / scan.classes[label]})", file=sys.stderr)
+        counts = Counter(scan.targets["train"])
+        lonely = [scan.classes[c] for c in sorted(counts) if counts[c] == 1]
+        if len(lonely) == 1:
+            print(f"warning: class {lonely[0]!r} has one image in {root}: it cannot be in both the training and the "
+                  f"test split (add images to {root / lonely[0]})", file=sys.stderr)
+        elif lonely:
+            names = ", ".join(repr(c) for c in lonely[:8]) + (", ..." if len(lonely) > 8 else "")
+            print(f"warning: {len(lonely)} classes have one image each in {root} ({names}): such a class cannot be "
+                  f"in both the training and the test split (add images to their folders)", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- the scan cache (one JSON file per folder)
