@@ -18,8 +18,6 @@ from cnnlab.data.scan import FolderScan, Stamp, scan_folder
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import CnnlabError
 
-__all__ = ["FolderScan", "FolderStream", "folder_splits", "get_folder_dataset", "scan_folder"]
-
 DEFAULT_IMAGE_SIZE = (64, 64)
 IN_MEMORY_LIMIT = 1 << 30  # decoded bytes above which a folder streams from disk instead
 

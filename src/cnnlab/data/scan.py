@@ -177,8 +177,9 @@ def _scan(root: Path, classes: tuple[str, ...], listing: dict[str, list[Entry]])
     with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow decodes without the GIL
         for e, result in zip(todo, pool.map(lambda e: check_image(e.path), todo)):
             records[e.rel] = [*(e.stamp or (-1, -1)), *result]
-    if todo or len(records) != len(known):
-        save_records(root, {rel: r for rel, r in records.items() if r[0] >= 0})  # broken links: never kept
+    keep = {rel: r for rel, r in records.items() if r[0] >= 0}  # broken links are never kept: checked each run
+    if keep != known:
+        save_records(root, keep)
     scan = FolderScan(root, classes, {}, {}, gray=True)
     for split, entries in listing.items():
         _gather(scan, split, entries, records)
