@@ -60,7 +60,7 @@ def scan_folder(root: Path) -> FolderScan:
     Every file is listed and stat-ed on each call; a file is decoded only when the scan cache has no result for
     its current size and modification time. Unreadable files are printed (path and reason) on every run.
     """
-    root = Path(root)
+    root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise CnnlabError(f"{root} is not a folder: folder:PATH needs a folder with one sub-folder per class")
     layout = split_folders(root)
