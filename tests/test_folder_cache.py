@@ -34,7 +34,8 @@ def make_folder(root: Path, per_class: int = 6) -> Path:
     for cls, base in (("dark", 40), ("light", 210)):
         (root / cls).mkdir(parents=True)
         for i in range(per_class):
-            Image.fromarray(np.clip(rng.normal(base, 15, (10, 12)), 0, 255).astype(np.uint8)).save(root / cls / f"{i}.png")
+            pixels = np.clip(rng.normal(base, 15, (10, 12)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
     (root / "dark" / "broken.png").write_bytes(b"not a png at all")
     return root
 

@@ -206,11 +206,10 @@ def _gather(scan: FolderScan, split: str, entries: list[Entry], records: dict[st
 def _report(scan: FolderScan, listing: dict[str, list[Entry]]) -> None:
     """Bad files listed by path; a clear error for no readable image at all, or a class with none."""
     root = scan.root
-    if not scan.files["train"]:
-        n = sum(len(v) for v in listing.values())
-        first = f" (e.g. {scan.skipped[0][0]}: {scan.skipped[0][1]})" if scan.skipped else ""
-        raise CnnlabError(f"no readable image in {root}: {n} file(s) found, none decodes{first}; put images "
-                          f"(PNG, JPEG, BMP, TIFF, WebP, ...) in its class folders")
+    if not scan.files["train"] and scan.skipped:
+        path, reason = scan.skipped[0]
+        raise CnnlabError(f"no readable image in {root}: {len(scan.skipped)} file(s) found, none decodes (e.g. "
+                          f"{path}: {reason}); put images (PNG, JPEG, BMP, TIFF, WebP, ...) in its class folders")
     if scan.skipped:
         print(f"skipped {len(scan.skipped)} unreadable file(s) in {root}:", file=sys.stderr)
         for path, reason in scan.skipped:
@@ -219,8 +218,8 @@ def _report(scan: FolderScan, listing: dict[str, list[Entry]]) -> None:
         present = {scan.classes.index(d.name) for d in class_dirs(folder)}
         for label in sorted(present - set(scan.targets[split])):
             bad = sum(1 for e in listing[split] if e.label == label)
-            raise CnnlabError(f"class folder {folder / scan.classes[label]} has no readable images: put images in it or remove it"
-                              + (f" ({bad} unreadable files)" if bad else ""))
+            raise CnnlabError(f"class folder {folder / scan.classes[label]} has no readable images: put images in "
+                              f"it or remove it" + (f" ({bad} unreadable files)" if bad else ""))
     if len(scan.files) == 1:  # one folder for everything: its splits are carved from train
         counts = Counter(scan.targets["train"])
         lonely = [scan.classes[c] for c in sorted(counts) if counts[c] == 1]
