@@ -105,11 +105,24 @@ def epoch_rounds(folder: Path, rounds: int, workers: int) -> dict[str, list[floa
     gc.collect()
     gc.freeze()
     results: dict[str, list[float]] = {k: [] for k in loaders}
-    for _ in range(rounds):
-        for name, loader in loaders.items():
+    names = list(loaders)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # each loader takes each place in turn
+            loader = loaders[name]
             gc.collect()
             results[name] += timed(lambda loader=loader: [None for _ in loader], 1)
     return {k: [len(loaders[k].targets) / s for s in v] for k, v in results.items()}
+
+
+def print_start_up(starts: dict[str, list[tuple[float, float | None]]], args: argparse.Namespace) -> None:
+    base = median([s for s, _ in starts["imports only"]])
+    print(f"\nstart-up, process start to the end of the first step (fastnet, {args.images:,} 28x28 PNGs), "
+          f"median of {args.rounds}:")
+    for name, values in starts.items():
+        total = median([s for s, _ in values])
+        data = [d for _, d in values if d is not None]
+        load = f"  loading the splits {median(data):6.2f} s" if data else ""
+        print(f"  {name:32s} {total:6.2f} s  {total / base:5.2f}x imports only{load}")
 
 
 def main() -> None:
@@ -117,22 +130,16 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the streamed folder")
+    ap.add_argument("--epochs-only", action="store_true", help="skip the start-up runs")
     args = ap.parse_args()
     print_environment()
     with tempfile.TemporaryDirectory(prefix="cnnlab-folder-bench-") as tmp:
         work = Path(tmp)
         folder = work / "mnist-png"
         write_png_folder(folder, args.images)
-        starts = start_up_rounds(folder, args.images, args.rounds, work)
-        base = median([s for s, _ in starts["imports only"]])
-        print(f"\nstart-up, process start to the end of the first step (fastnet, {args.images:,} 28x28 PNGs), "
-              f"median of {args.rounds}:")
-        for name, values in starts.items():
-            total = median([s for s, _ in values])
-            data = [d for _, d in values if d is not None]
-            load = f"  loading the splits {median(data):6.2f} s" if data else ""
-            print(f"  {name:32s} {total:6.2f} s  {total / base:5.2f}x imports only{load}")
-        os.environ["CNNLAB_CACHE"] = str(work / "cache-0")  # the cache the start-up runs filled
+        if not args.epochs_only:
+            print_start_up(start_up_rounds(folder, args.images, args.rounds, work), args)
+        os.environ["CNNLAB_CACHE"] = str(work / "cache-epochs")
         rates = epoch_rounds(folder, args.rounds, args.workers)
         ref = median(next(iter(rates.values())))
         print(f"\none augmented epoch (batch 256, no model), median of {args.rounds}:")
