@@ -25,14 +25,21 @@ def source_key(files: Iterable[Path], **params: Any) -> str:
     return h.hexdigest()[:20]
 
 
-def cached(name: str, key: str, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Load `<cache>/<name>-<key>.pt`, or build it, save it atomically and return it."""
+def cached(name: str, key: str, build: Callable[[], dict[str, torch.Tensor]],
+           valid: Callable[[dict[str, torch.Tensor]], bool] | None = None) -> dict[str, torch.Tensor]:
+    """Load `<cache>/<name>-<key>.pt` (if `valid` accepts it), or build it, save it atomically and return it."""
     path = decoded_cache_dir() / f"{name}-{key}.pt"
     if path.exists():
         try:
-            return torch.load(path, weights_only=True)
+            data = torch.load(path, weights_only=True)
+            if valid is None or valid(data):
+                return data
         except Exception:  # a damaged cache is rebuilt, never trusted
+            pass
+        try:
             path.unlink(missing_ok=True)
+        except OSError:  # a read-only cache folder: rebuilt in memory each time
+            pass
     data = build()
     try:
         atomic_save(data, path)

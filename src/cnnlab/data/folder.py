@@ -2,134 +2,24 @@
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from cnnlab.data.cache import cached, source_key
+from cnnlab.data.cache import CACHE_FORMAT, cached
 from cnnlab.data.dataset import ImageData
-from cnnlab.data.images import BadImageError, image_to_tensor, is_single_channel, list_image_files, open_image
+from cnnlab.data.images import BadImageError, image_to_tensor, open_image
 from cnnlab.data.info import DatasetInfo
+from cnnlab.data.scan import FolderScan, Stamp, scan_folder
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import CnnlabError
 
 DEFAULT_IMAGE_SIZE = (64, 64)
 IN_MEMORY_LIMIT = 1 << 30  # decoded bytes above which a folder streams from disk instead
-VAL_NAMES = ("val", "valid", "validation")
-
-
-@dataclass
-class FolderScan:
-    """The files of one folder dataset, by split, with their class indices."""
-
-    root: Path
-    classes: tuple[str, ...]
-    files: dict[str, list[Path]]  # split -> files ("train", and "val"/"test" when the folder has them)
-    targets: dict[str, list[int]]
-    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason)
-    gray: bool = False  # every image is single-channel
-
-
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _check_image(path: Path) -> tuple[bool, str | bool]:
-    """(ok, reason or is_gray): a full decode, since a header check lets truncated files through."""
-    try:
-        img = open_image(path)
-        return True, is_single_channel(img)
-    except BadImageError as exc:
-        return False, str(exc).split(": ", 1)[-1]
-
-
-def _scan_split(folder: Path, classes: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[Path], list[int],
-                                                                       list[tuple[Path, str]], bool]:
-    dirs = _class_dirs(folder)
-    names = tuple(d.name for d in dirs)
-    if classes is not None and set(names) - set(classes):
-        raise CnnlabError(f"{folder} has class folders not in train/: {sorted(set(names) - set(classes))}")
-    classes = classes or names
-    files, targets, skipped, gray = [], [], [], True
-    for d in dirs:
-        candidates, others = list_image_files(d)
-        skipped += [(p, "not an image file (unknown extension)") for p in others]
-        with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow decodes without the GIL
-            checks = list(pool.map(_check_image, candidates))
-        good = 0
-        for path, (ok, extra) in zip(candidates, checks):
-            if ok:
-                files.append(path)
-                targets.append(classes.index(d.name))
-                gray = gray and bool(extra)
-                good += 1
-            else:
-                skipped.append((path, str(extra)))
-        if good == 0:
-            raise CnnlabError(
-                f"class folder {d} has no readable images: put images in it or remove it"
-                + (f" ({len(candidates) + len(others)} unreadable files)" if candidates or others else "")
-            )
-    return classes, files, targets, skipped, gray
-
-
-def scan_folder(root: Path) -> FolderScan:
-    """Find the classes and image files under `root` (class folders, or train/ + val/ and/or test/).
-
-    A scan opens every file, so it is kept for the next call (the train, val and test splits each ask), but only
-    while no folder under `root` changed: adding, removing or renaming an image or a class folder changes its
-    folder's modification time, and a notebook that adds images then sees them.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise CnnlabError(f"{root} is not a folder: folder:PATH needs a folder with one sub-folder per class")
-    return _scan_folder(root, folder_stamp(root))
-
-
-def folder_stamp(root: Path) -> tuple[tuple[str, int], ...]:
-    """Every folder under `root` (itself included) with its modification time."""
-    folders = [root, *(p for p in root.rglob("*") if p.is_dir())]
-    return tuple(sorted((str(d), d.stat().st_mtime_ns) for d in folders))
-
-
-@functools.lru_cache(maxsize=8)
-def _scan_folder(root: Path, stamp: tuple[tuple[str, int], ...]) -> FolderScan:
-    """The scan itself; `stamp` only keys the cache."""
-    layout = {"train": root / "train"} if (root / "train").is_dir() else {"train": root}
-    if "train" in layout and layout["train"] != root:
-        for n in VAL_NAMES:
-            if (root / n).is_dir():
-                layout["val"] = root / n
-                break
-        if (root / "test").is_dir():
-            layout["test"] = root / "test"
-    classes, files, targets, skipped, gray = _scan_split(layout["train"], None)
-    if len(classes) < 2:
-        raise CnnlabError(
-            f"{layout['train']} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}): a classifier "
-            f"needs at least two, one sub-folder per class (e.g. {root}/cats/, {root}/dogs/)"
-        )
-    scan = FolderScan(root, classes, {"train": files}, {"train": targets}, skipped, gray)
-    for split in ("val", "test"):
-        if split in layout:
-            _, f, t, s, g = _scan_split(layout[split], classes)
-            scan.files[split], scan.targets[split] = f, t
-            scan.skipped += s
-            scan.gray = scan.gray and g
-    counts = torch.bincount(torch.tensor(targets), minlength=len(classes)).tolist()
-    for name, n in zip(classes, counts):
-        if n == 1 and len(layout) == 1:  # one folder for everything: its splits are carved from train
-            print(f"warning: class {name!r} has one image in {root}: it cannot be in both the training and the test "
-                  f"split (add images to {layout['train'] / name})", file=sys.stderr)
-    if scan.skipped:
-        print(f"skipped {len(scan.skipped)} unreadable file(s) in {root}:", file=sys.stderr)
-        for path, reason in scan.skipped:
-            print(f"  {path}: {reason}", file=sys.stderr)
-    return scan
 
 
 def folder_splits(scan: FolderScan, val_size: int | float | None, split_seed: int) -> dict[str, tuple[list, list]]:
@@ -147,14 +37,17 @@ def folder_splits(scan: FolderScan, val_size: int | float | None, split_seed: in
         out["test"] = (scan.files["val"], scan.targets["val"])
     else:
         keep, held = stratified_split(targets, 0.2, seed=split_seed)
-        out["test"] = ([files[i] for i in held], targets[held].tolist())
+        if not len(held):
+            raise CnnlabError(f"{scan.root} has {len(files)} readable images: too few to hold out a fifth for the test "
+                              f"split; add images (a few per class at least), or give it train/ and test/ folders")
+        out["test"] = ([files[i] for i in held.tolist()], targets[held].tolist())
     if "val" not in out:
         holdout = 0.1 if val_size is None else val_size
         if holdout:
             k, h = stratified_split(targets[keep], holdout, seed=split_seed + 1)
-            out["val"] = ([files[i] for i in keep[h]], targets[keep[h]].tolist())
+            out["val"] = ([files[i] for i in keep[h].tolist()], targets[keep[h]].tolist())
             keep = keep[k]
-    out["train"] = ([files[i] for i in keep], targets[keep].tolist())
+    out["train"] = ([files[i] for i in keep.tolist()], targets[keep].tolist())
     return out
 
 
@@ -185,11 +78,15 @@ class FolderStream(torch.utils.data.Dataset):
 
 
 def _decode_all(files: list[Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
-    def one(path: Path) -> torch.Tensor:
-        return image_to_tensor(open_image(path, draft=size), channels, size)
+    """Every file decoded into one preallocated uint8 tensor (no second copy of a folder near the memory limit)."""
+    out = torch.empty(len(files), channels, *size, dtype=torch.uint8)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return torch.stack(list(pool.map(one, files))) if files else torch.zeros(0, channels, *size, dtype=torch.uint8)
+    def one(i: int) -> None:
+        out[i] = image_to_tensor(open_image(files[i], draft=size), channels, size)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow decodes without the GIL
+        list(pool.map(one, range(len(files))))
+    return out
 
 
 def get_folder_dataset(
@@ -226,26 +123,47 @@ def get_folder_dataset(
     n_total = sum(len(f) for f, _ in splits.values())
     if n_total * ch * size[0] * size[1] > in_memory_limit:
         sample = splits["train"][0][:: max(1, len(splits["train"][0]) // 500)][:500]
-        info = _with_stats(info, _decode(sample, ch, size))
+        info = _with_stats(info, _decode(sample, ch, size, scan.stamps))
         return FolderStream(files, targets, replace(info, in_memory=False), split, size)
-    info = _with_stats(info, _decode(splits["train"][0], ch, size))
-    return ImageData(_decode(files, ch, size), torch.tensor(targets, dtype=torch.long), info, split)
+    info = _with_stats(info, _decode(splits["train"][0], ch, size, scan.stamps))
+    return ImageData(_decode(files, ch, size, scan.stamps), torch.tensor(targets, dtype=torch.long), info, split)
 
 
-def _decode(files: list[Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
-    """The images decoded into one uint8 tensor, cached on disk under a key of the files and the size."""
-    return _decode_memo(tuple(files), channels, tuple(size))
+def _decode(files: list[Path], channels: int, size: tuple[int, int], stamps: dict[Path, Stamp]) -> torch.Tensor:
+    """The images decoded into one uint8 tensor, cached on disk (and for this process) under a key of each file's
+    path, size and modification time as the scan found them, and the decoded size and channels."""
+    h = hashlib.sha1(f"cnnlab-cache-{CACHE_FORMAT}|folder|{channels}|{tuple(size)}".encode())
+    h.update("".join(f"{f}|{stamps[f]}\n" for f in files).encode())
+    key = h.hexdigest()[:20]
+    if key not in _DECODED:
+        while len(_DECODED) >= DECODED_MEMO:
+            _DECODED.pop(next(iter(_DECODED)))
+        shape = (len(files), channels, *size)
+        _DECODED[key] = cached("folder", key, lambda: {"images": _decode_all(files, channels, size)},
+                               valid=lambda d: _is_images(d.get("images"), shape))["images"]
+    return _DECODED[key]
 
 
-@functools.lru_cache(maxsize=8)
-def _decode_memo(files: tuple[Path, ...], channels: int, size: tuple[int, int]) -> torch.Tensor:
-    key = source_key(files, size=size, channels=channels)
-    return cached("folder", key, lambda: {"images": _decode_all(list(files), channels, size)})["images"]
+def _is_images(x: object, shape: tuple[int, ...]) -> bool:
+    return isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and tuple(x.shape) == shape
+
+
+DECODED_MEMO = 8  # the splits of a run, and a few more for a notebook that tries sizes
+_DECODED: dict[str, torch.Tensor] = {}
 
 
 def _with_stats(info: DatasetInfo, train_images: torch.Tensor) -> DatasetInfo:
-    """The info with the per-channel mean and std of the training images."""
-    x = train_images.float() / 255.0
-    mean = x.mean(dim=(0, 2, 3)).tolist()
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    return replace(info, mean=tuple(round(v, 4) for v in mean), std=tuple(round(v, 4) for v in std))
+    """The info with the per-channel mean and std of the training images, from their histograms (exact for uint8,
+    and no float copy of the images)."""
+    c = train_images.shape[1]
+    hist = torch.zeros(c, 256, dtype=torch.float64)
+    rows = max(1, (1 << 24) // max(train_images[0].numel(), 1)) if len(train_images) else 1
+    for chunk in train_images.split(rows):
+        for i in range(c):
+            hist[i] += torch.bincount(chunk[:, i].reshape(-1), minlength=256).double()
+    v = torch.arange(256, dtype=torch.float64) / 255.0
+    n = hist.sum(1).clamp_min(1)
+    mean = (hist * v).sum(1) / n
+    var = (hist * (v - mean[:, None]).square()).sum(1) / (n - 1).clamp_min(1)
+    std = var.sqrt().clamp_min(1e-3)
+    return replace(info, mean=tuple(round(v, 4) for v in mean.tolist()), std=tuple(round(v, 4) for v in std.tolist()))

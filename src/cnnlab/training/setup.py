@@ -164,6 +164,10 @@ def load_splits(cfg: TrainConfig, image_size: tuple[int, int] | None):
             raise CnnlabError("--subset works for datasets held in memory, not streamed folders")
         train = train.subset(stratified_split(train.targets, cfg.subset, seed=cfg.seed)[1])
     val = get_dataset(cfg.dataset, "val", **kw) if _val_size(cfg) != 0 else None
+    if val is not None and len(val) == 0:  # a carve-out of 0 images: no validation, rather than 0% every epoch
+        print(f"warning: {cfg.dataset} has too few training images for a validation split: the best epoch is "
+              f"chosen on the training split", file=sys.stderr)
+        val = None
     test = get_dataset(cfg.dataset, "test", **kw)
     return train, val, test
 

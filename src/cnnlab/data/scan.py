@@ -1,0 +1,270 @@
+"""Scanning a `folder:PATH` dataset: its classes and files, which files decode, kept on disk for the next run.
+
+Telling a good image from a truncated one takes a full decode, so the results are kept, one JSON file per
+folder, under the decoded-data cache: each file's result is reused while its size and modification time are
+unchanged, so a rerun decodes nothing and an added or changed file is the only one opened again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from cnnlab.data.images import IMAGE_EXTENSIONS, BadImageError, is_single_channel, open_image
+from cnnlab.data.paths import decoded_cache_dir
+from cnnlab.errors import CnnlabError
+from cnnlab.files import atomic_path
+
+SCAN_FORMAT = 1  # bump when a record's layout or meaning changes, so old scans are ignored
+VAL_NAMES = ("val", "valid", "validation")
+NOT_AN_IMAGE = "not an image file (unknown extension)"
+
+Stamp = tuple[int, int]  # (size in bytes, modification time in ns)
+
+
+@dataclass
+class FolderScan:
+    """The files of one folder dataset, by split, with their class indices."""
+
+    root: Path
+    classes: tuple[str, ...]
+    files: dict[str, list[Path]]  # split -> files ("train", and "val"/"test" when the folder has them)
+    targets: dict[str, list[int]]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason)
+    gray: bool = False  # every image is single-channel
+    sizes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # split -> each file's (H, W), upright
+    stamps: dict[Path, Stamp] = field(default_factory=dict)  # each readable file's size and mtime when scanned
+
+
+class Entry(NamedTuple):
+    """One file found in a class folder: where, its class, and its stamp (None when stat fails: a broken link)."""
+
+    path: str
+    rel: str  # relative to the dataset's root, as the scan cache names it
+    label: int
+    stamp: Stamp | None
+    image: bool  # an image file extension
+
+
+def scan_folder(root: Path) -> FolderScan:
+    """Find the classes and image files under `root` (class folders, or train/ + val/ and/or test/).
+
+    Every file is listed and stat-ed on each call; a file is decoded only when the scan cache has no result for
+    its current size and modification time. Unreadable files are printed (path and reason) on every run.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise CnnlabError(f"{root} is not a folder: folder:PATH needs a folder with one sub-folder per class")
+    layout = split_folders(root)
+    classes = tuple(d.name for d in class_dirs(layout["train"]))
+    if len(classes) < 2:
+        raise CnnlabError(
+            f"{layout['train']} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}): a classifier "
+            f"needs at least two, one sub-folder per class (e.g. {root}/cats/, {root}/dogs/)"
+        )
+    listing = {split: list_split(root, folder, classes) for split, folder in layout.items()}
+    key = listing_key(root, listing)
+    if key not in _MEMO:  # the train, val and test splits each ask, in one process
+        while len(_MEMO) >= MEMO_SIZE:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = _scan(root, classes, listing)
+    return _MEMO[key]
+
+
+MEMO_SIZE = 4
+_MEMO: dict[str, FolderScan] = {}
+
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """split -> folder: train/ with val/ (or valid/, validation/) and test/ when present, else `root` for all."""
+    if not (root / "train").is_dir():
+        return {"train": root}
+    layout = {"train": root / "train"}
+    for name in VAL_NAMES:
+        if (root / name).is_dir():
+            layout["val"] = root / name
+            break
+    if (root / "test").is_dir():
+        layout["test"] = root / "test"
+    return layout
+
+
+def class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_split(root: Path, folder: Path, classes: tuple[str, ...]) -> list[Entry]:
+    """Every file of one split's class folders, in a fixed order, with its stamp (plain strings: this runs on
+    every call, and pathlib would be most of its time)."""
+    dirs = class_dirs(folder)
+    extra = sorted({d.name for d in dirs} - set(classes))
+    if extra:
+        raise CnnlabError(f"{folder} has class folders not in train/: {extra}")
+    entries = []
+    for d in dirs:
+        label, prefix = classes.index(d.name), d.relative_to(root).as_posix()
+        for parts, path, stamp in sorted(walk_files(str(d))):
+            dot = parts[-1].rfind(".")
+            image = dot > 0 and parts[-1][dot:].lower() in IMAGE_EXTENSIONS
+            entries.append(Entry(path, "/".join((prefix, *parts)), label, stamp, image))
+    return entries
+
+
+def walk_files(folder: str, parts: tuple[str, ...] = ()):
+    """(relative parts, path, stamp or None) of the files under `folder`, hidden ones skipped; links to files are
+    followed, links to folders are not (no endless walk), a broken link is a file whose stat fails."""
+    try:
+        with os.scandir(folder) as it:
+            found = list(it)
+    except OSError:
+        return
+    for e in found:
+        if e.name.startswith("."):
+            continue
+        if e.is_dir(follow_symlinks=False):
+            yield from walk_files(e.path, (*parts, e.name))
+            continue
+        try:
+            st = e.stat()
+        except OSError:  # a broken link, or a link to itself: listed, so that it is reported
+            if e.is_symlink():
+                yield (*parts, e.name), e.path, None
+            continue
+        if stat.S_ISREG(st.st_mode):
+            yield (*parts, e.name), e.path, (st.st_size, st.st_mtime_ns)
+
+
+def listing_key(root: Path, listing: dict[str, list[Entry]]) -> str:
+    """A hash of every file's split, class, path, size and modification time."""
+    h = hashlib.sha1(f"cnnlab-scan-{SCAN_FORMAT}|{root}".encode())
+    for split, entries in listing.items():
+        h.update("".join(f"{split}|{e.label}|{e.rel}|{e.stamp}\n" for e in entries).encode())
+    return h.hexdigest()[:20]
+
+
+def check_image(path: Path) -> list[Any]:
+    """[is_gray, H, W] of a readable image, or [reason] of a bad one: a full decode, since a header check lets
+    truncated files through."""
+    try:
+        img = open_image(path)
+        return [is_single_channel(img), img.height, img.width]
+    except BadImageError as exc:
+        return [str(exc).split(": ", 1)[-1]]
+
+
+def _scan(root: Path, classes: tuple[str, ...], listing: dict[str, list[Entry]]) -> FolderScan:
+    """Results for every file (from the scan cache, else decoded), gathered into a FolderScan."""
+    known = load_records(root)
+    records: dict[str, list[Any]] = {}
+    todo = []
+    for entries in listing.values():
+        for e in entries:
+            if not e.image:
+                continue
+            old = known.get(e.rel)
+            if e.stamp is not None and old is not None and tuple(old[:2]) == e.stamp:
+                records[e.rel] = old
+            else:
+                todo.append(e)
+    with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow decodes without the GIL
+        for e, result in zip(todo, pool.map(lambda e: check_image(e.path), todo)):
+            records[e.rel] = [*(e.stamp or (-1, -1)), *result]
+    keep = {rel: r for rel, r in records.items() if r[0] >= 0}  # broken links are never kept: checked each run
+    if keep != known:
+        save_records(root, keep)
+    scan = FolderScan(root, classes, {}, {}, gray=True)
+    for split, entries in listing.items():
+        _gather(scan, split, entries, records)
+    _report(scan, listing)
+    return scan
+
+
+def _gather(scan: FolderScan, split: str, entries: list[Entry], records: dict[str, list[Any]]) -> None:
+    files, targets, sizes = scan.files.setdefault(split, []), scan.targets.setdefault(split, []), []
+    for e in entries:
+        result = records[e.rel][2:] if e.image else [NOT_AN_IMAGE]
+        if len(result) == 1:
+            scan.skipped.append((Path(e.path), result[0]))
+            continue
+        path = Path(e.path)
+        files.append(path)
+        targets.append(e.label)
+        sizes.append((result[1], result[2]))
+        scan.gray = scan.gray and bool(result[0])
+        scan.stamps[path] = e.stamp
+    scan.sizes[split] = sizes
+
+
+def _report(scan: FolderScan, listing: dict[str, list[Entry]]) -> None:
+    """Bad files listed by path; a clear error for no readable image at all, or a class with none."""
+    root = scan.root
+    if not scan.files["train"] and scan.skipped:
+        path, reason = scan.skipped[0]
+        raise CnnlabError(f"no readable image in {root}: {len(scan.skipped)} file(s) found, none decodes (e.g. "
+                          f"{path}: {reason}); put images (PNG, JPEG, BMP, TIFF, WebP, ...) in its class folders")
+    if scan.skipped:
+        print(f"skipped {len(scan.skipped)} unreadable file(s) in {root}:", file=sys.stderr)
+        for path, reason in scan.skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
+    for split, folder in split_folders(root).items():
+        present = {scan.classes.index(d.name) for d in class_dirs(folder)}
+        for label in sorted(present - set(scan.targets[split])):
+            bad = sum(1 for e in listing[split] if e.label == label)
+            raise CnnlabError(f"class folder {folder / scan.classes[label]} has no readable images: put images in "
+                              f"it or remove it" + (f" ({bad} unreadable files)" if bad else ""))
+    if len(scan.files) == 1:  # one folder for everything: its splits are carved from train
+        counts = Counter(scan.targets["train"])
+        lonely = [scan.classes[c] for c in sorted(counts) if counts[c] == 1]
+        if len(lonely) == 1:
+            print(f"warning: class {lonely[0]!r} has one image in {root}: it cannot be in both the training and the "
+                  f"test split (add images to {root / lonely[0]})", file=sys.stderr)
+        elif lonely:
+            names = ", ".join(repr(c) for c in lonely[:8]) + (", ..." if len(lonely) > 8 else "")
+            print(f"warning: {len(lonely)} classes have one image each in {root} ({names}): such a class cannot be "
+                  f"in both the training and the test split (add images to their folders)", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- the scan cache (one JSON file per folder)
+
+
+def records_path(root: Path) -> Path:
+    return decoded_cache_dir() / f"scan-{hashlib.sha1(str(root).encode()).hexdigest()[:20]}.json"
+
+
+def load_records(root: Path) -> dict[str, list[Any]]:
+    """rel path -> [size, mtime_ns, is_gray, H, W] or [size, mtime_ns, reason]; {} when absent, unreadable or not
+    exactly what a scan writes (then the folder is scanned afresh and the file replaced)."""
+    try:
+        data = json.loads(records_path(root).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not (isinstance(data, dict) and data.get("format") == SCAN_FORMAT and data.get("root") == str(root)
+            and isinstance(data.get("files"), dict)):
+        return {}
+    files = data["files"]
+    return files if all(_valid(r) for r in files.values()) else {}
+
+
+def _valid(r: Any) -> bool:
+    if not isinstance(r, list) or len(r) not in (3, 5) or not all(type(v) is int and v >= 0 for v in r[:2]):
+        return False
+    if len(r) == 3:
+        return isinstance(r[2], str)
+    return type(r[2]) is bool and all(type(v) is int and v > 0 for v in r[3:])
+
+
+def save_records(root: Path, records: dict[str, list[Any]]) -> None:
+    """Written atomically; a read-only or full cache folder only costs the next run its speed."""
+    try:
+        with atomic_path(records_path(root)) as tmp:
+            tmp.write_text(json.dumps({"format": SCAN_FORMAT, "root": str(root), "files": records}))
+    except OSError:
+        pass

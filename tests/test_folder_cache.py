@@ -1,0 +1,171 @@
+"""Folder datasets kept on disk between runs: the scan (which files decode) and the decoded tensors are reused while
+no file changed, and an added, changed or removed file is noticed; bad input gets one clear line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.data import folder, get_dataset, scan
+from cnnlab.errors import CnnlabError
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh cache folder for this test, and no scan or decode kept in this process: each call is a new run."""
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    fresh_process(monkeypatch)
+    return tmp_path / "cache"
+
+
+def fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget what this process keeps (as a new `cnnlab train` would start), but not the disk cache."""
+    monkeypatch.setattr(scan, "_MEMO", {})
+    monkeypatch.setattr(folder, "_DECODED", {})
+
+
+def make_folder(root: Path, per_class: int = 6) -> Path:
+    rng = np.random.default_rng(0)
+    for cls, base in (("dark", 40), ("light", 210)):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(base, 15, (10, 12)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    (root / "dark" / "broken.png").write_bytes(b"not a png at all")
+    return root
+
+
+def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every file the scan or the decoder opens."""
+    opened: list[str] = []
+    for module in (scan, folder):
+        real = module.open_image
+
+        def counting(path, *a, real=real, **kw):
+            opened.append(Path(path).name)
+            return real(path, *a, **kw)
+
+        monkeypatch.setattr(module, "open_image", counting)
+    return opened
+
+
+def all_splits(root: Path) -> dict:
+    return {s: get_dataset(f"folder:{root}", s, image_size=(8, 8)) for s in ("train", "val", "test")}
+
+
+def test_a_rerun_decodes_nothing_and_still_lists_bad_files(tmp_path: Path, cache: Path, monkeypatch, capfd) -> None:
+    root = make_folder(tmp_path / "imgs")
+    first = all_splits(root)
+    assert "broken.png" in capfd.readouterr().err
+    fresh_process(monkeypatch)
+    opened = count_decodes(monkeypatch)
+    again = all_splits(root)
+    assert opened == []  # neither the scan nor the decoder opened a file
+    assert f"{root / 'dark' / 'broken.png'}: not an image file" in capfd.readouterr().err  # listed on every run
+    for s in first:
+        assert torch.equal(first[s].images, again[s].images) and torch.equal(first[s].targets, again[s].targets)
+    assert first["train"].info.mean == again["train"].info.mean
+
+
+def test_changed_added_and_removed_files_are_noticed(tmp_path: Path, cache: Path, monkeypatch) -> None:
+    root = make_folder(tmp_path / "imgs")
+    before = scan.scan_folder(root)
+    opened = count_decodes(monkeypatch)
+    # Changed in place (same name and folder, so no folder's mtime changes), in this same process.
+    Image.new("L", (5, 7), 255).save(root / "dark" / "0.png")
+    st = os.stat(root / "dark" / "0.png")
+    os.utime(root / "dark" / "0.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # whatever the clock's grain
+    changed = scan.scan_folder(root)
+    assert opened == ["0.png"]  # only the changed file is decoded again
+    assert changed.sizes["train"][changed.files["train"].index(root / "dark" / "0.png")] == (7, 5)
+    Image.new("L", (9, 9), 200).save(root / "light" / "new.png")
+    fresh_process(monkeypatch)  # and in a new process
+    added = scan.scan_folder(root)
+    assert opened == ["0.png", "new.png"] and root / "light" / "new.png" in added.files["train"]
+    (root / "light" / "1.png").unlink()
+    removed = scan.scan_folder(root)
+    assert opened == ["0.png", "new.png"] and root / "light" / "1.png" not in removed.files["train"]
+    assert len(removed.files["train"]) == len(before.files["train"])
+    assert "light/1.png" not in scan.load_records(root)  # the cache forgets it too
+
+
+def test_changed_files_change_the_decoded_images(tmp_path: Path, cache: Path, monkeypatch) -> None:
+    root = make_folder(tmp_path / "imgs")
+    assert not (all_splits(root)["test"].images == 123).all()
+    for p in root.glob("*/[0-9].png"):
+        Image.new("L", (12, 10), 123).save(p)
+        st = os.stat(p)
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    fresh_process(monkeypatch)
+    assert all((d.images == 123).all() for d in all_splits(root).values())  # decoded afresh, not the old tensors
+
+
+def test_a_damaged_cache_is_rebuilt(tmp_path: Path, cache: Path, monkeypatch) -> None:
+    root = make_folder(tmp_path / "imgs")
+    first = all_splits(root)
+    opened = count_decodes(monkeypatch)
+    wrong = '{"format": 1, "root": "%s", "files": {"dark/0.png": [1, 2, "x", 4]}}' % root
+    for garbage, tensors in ((wrong, "wrong shape"), ("{oops", "truncated"), ("", "truncated")):
+        scan.records_path(root).write_text(garbage)
+        for pt in cache.rglob("folder-*.pt"):
+            if tensors == "truncated":
+                pt.write_bytes(pt.read_bytes()[:100])
+            else:
+                torch.save({"images": torch.zeros(3, 1, 8, 8, dtype=torch.uint8)}, pt)
+        fresh_process(monkeypatch)
+        opened.clear()
+        again = all_splits(root)
+        assert "0.png" in opened and "broken.png" in opened  # scanned afresh
+        for s in first:
+            assert torch.equal(first[s].images, again[s].images)
+        assert len(scan.load_records(root)) == 13  # and written back whole
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_only_speed(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "file" / "cache"))
+    fresh_process(monkeypatch)
+    root = make_folder(tmp_path / "imgs")
+    assert len(all_splits(root)["train"]) > 0
+    fresh_process(monkeypatch)
+    assert len(all_splits(root)["test"]) > 0
+
+
+def test_original_sizes_are_recorded_upright(tmp_path: Path, cache: Path) -> None:
+    root = make_folder(tmp_path / "imgs")
+    found = scan.scan_folder(root)
+    assert set(found.sizes["train"]) == {(10, 12)} and len(found.sizes["train"]) == len(found.files["train"])
+
+
+# ---------------------------------------------------------------- bad input: one line, nothing lost
+
+
+def test_a_folder_where_no_image_decodes(tmp_path: Path, cache: Path) -> None:
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            (tmp_path / cls / f"{i}.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(CnnlabError, match="no readable image in .*6 file") as exc:
+        get_dataset(f"folder:{tmp_path}", "train")
+    assert "\n" not in str(exc.value) and "0.jpg" in str(exc.value)
+
+
+def test_classes_of_one_image(tmp_path: Path, cache: Path, capfd) -> None:
+    for cls in ("a", "b"):
+        (tmp_path / "two" / cls).mkdir(parents=True)
+        Image.new("L", (8, 8), 9).save(tmp_path / "two" / cls / "0.png")
+    with pytest.raises(CnnlabError, match="2 readable images: too few to hold out") as exc:
+        get_dataset(f"folder:{tmp_path / 'two'}", "train")
+    assert "\n" not in str(exc.value)
+    assert "2 classes have one image each" in capfd.readouterr().err
+    for cls in ("a", "b", "c"):
+        (tmp_path / "three" / cls).mkdir(parents=True)
+        Image.new("L", (8, 8), 9).save(tmp_path / "three" / cls / "0.png")
+    splits = {s: get_dataset(f"folder:{tmp_path / 'three'}", s, image_size=(8, 8)) for s in ("train", "val", "test")}
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [2, 0, 1]  # every image used; none twice
+    assert "3 classes have one image each" in capfd.readouterr().err
