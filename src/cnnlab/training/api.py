@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError
+from cnnlab.training.auto import fill_auto
 from cnnlab.training.checkpoint import find_checkpoint, load_checkpoint
 from cnnlab.training.config import RESUMABLE, TrainConfig, resolve
 from cnnlab.training.run import Run
@@ -26,7 +27,10 @@ def train(config: TrainConfig | None = None, on_step: OnStep | None = None, **se
     if resume_from:
         return resume(resume_from, on_step=on_step, **{k: v for k, v in settings.items() if k != "resume"})
     cfg = resolve(settings, base=config)
+    # Settings left open are chosen from the data; pretrained weights are not offered yet (False).
+    cfg, choice = fill_auto(cfg, pretrained_available=False)
     job = build(cfg)
+    job.auto = choice.to_dict() if choice else None
     try:
         if cfg.feature_extraction:
             from cnnlab.training.features import embeddings_job
@@ -57,7 +61,8 @@ def resume(run: str | Path, on_step: OnStep | None = None, **overrides: Any) -> 
     if finished(ckpt, cfg, run_dir):
         raise CnnlabError(f"{run_dir} already finished its training and wrote its results; resume with --epochs N to "
                           f"train longer")
-    job = build(cfg, run_dir=run_dir)
+    job = build(cfg, run_dir=run_dir)  # the checkpoint's resolved settings: nothing is chosen again
+    job.auto = ckpt.get("auto") if isinstance(ckpt.get("auto"), dict) else None
     try:
         return fit(job, restore(job, ckpt), on_step=on_step, resumed=True)
     finally:

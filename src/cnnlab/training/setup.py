@@ -80,6 +80,7 @@ class Job:
     run_dir: Path
     lock: RunLock | None = None  # held on the run folder while this process writes it (the main process only)
     results_extra: dict[str, Any] = field(default_factory=dict)  # more for results.json (feature extraction's)
+    auto: dict[str, Any] | None = None  # what was chosen from the data, with reasons (training/auto.py)
 
 
 # ---------------------------------------------------------------- the process

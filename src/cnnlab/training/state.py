@@ -71,6 +71,7 @@ def checkpoint_state(job: "Job", state: TrainState) -> dict[str, Any]:
         "pipeline": data.pipeline.to_dict(),
         "augment": data.augment.to_dict(),
         "config": cfg.to_dict(),
+        "auto": job.auto,  # the settings chosen from the data, with their reasons (config.json shows them)
         "weights": getattr(whole, "weights_info", None) or cfg.weights,
     }
 
