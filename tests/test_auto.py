@@ -217,3 +217,16 @@ def test_select_last_keeps_the_final_weights(tmp_path: Path) -> None:
     assert run.results["best_epoch"] == 2
     best = load_checkpoint(tmp_path / "r" / "checkpoints" / "best.pt")
     assert best["epoch"] == 2 and dataclasses.is_dataclass(cnnlab.TrainConfig)
+
+
+def test_datasets_show_augment_draws_what_training_sees(tmp_path: Path, capsys) -> None:
+    from cnnlab.cli.main import main
+
+    folder = _folder(tmp_path / "glyphs", _glyphs(40))
+    png = tmp_path / "aug.png"
+    assert main(["datasets", "--show", f"folder:{folder}", "--augment", "--per-class", "6", "--out", str(png)]) == 0
+    assert "--augment translate=2" in capsys.readouterr().out  # the choice training makes: shifts, no flips
+    img = Image.open(png)
+    img.load()
+    assert img.width > 300 and len(np.unique(np.asarray(img.convert("L")))) > 10
+    assert main(["datasets", "--show", f"folder:{folder}", "--augment", "translate=4", "--out", str(png)]) == 0
