@@ -99,6 +99,8 @@ def show(args: argparse.Namespace) -> int:
 
 def show_augmented(args: argparse.Namespace) -> int:
     """Originals above three augmented draws of them, at the input size and with the augmentation training uses."""
+    import textwrap
+
     import torch
 
     from cnnlab.data import get_dataset, parse_augment, take
@@ -122,7 +124,8 @@ def show_augmented(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(0)
     draws = [augment(x, g) for _ in range(3)]
     why = choice.reasons["augment"] if args.augment == "auto" else "given"
-    fig = plot_augmented(x, draws, [data.classes[int(t)] for t in targets], f"{args.show}: augment {spec} ({why})")
+    title = textwrap.fill(f"{args.show}: augment {spec} ({why})", width=max(40, 14 * n))
+    fig = plot_augmented(x, draws, [data.classes[int(t)] for t in targets], title)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", args.show.rstrip("/").split("/")[-1] or "folder")
     out = args.out or FIGURES_DIR / f"{stem}-augmented.png"
     save_figure(fig, out)

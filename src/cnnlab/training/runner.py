@@ -216,7 +216,7 @@ def end_of_epoch(job: Job, state: TrainState, finished: bool, out: Printer, tb: 
                                                                    encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         save(job, state, "last")
-        if improved:
+        if improved and job.cfg.select != "last":  # "last": best.pt is written once, by finish
             save(job, state, "best")
         if tb is not None:
             for k, v in row.items():
@@ -256,6 +256,8 @@ def finish(job: Job, state: TrainState, out: Printer) -> dict | None:
         out.note(f"warning: the processes finished with different weights ({len(set(digests))} versions); "
                  f"rank 0's are saved")
     save(job, state, "last")
+    if cfg.select == "last":
+        save(job, state, "best")
     best_path = job.run_dir / "checkpoints" / "best.pt"
     if best_path.exists():
         job.classifier.load_state_dict(load_checkpoint(best_path, job.device)["state_dict"])
