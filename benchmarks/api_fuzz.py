@@ -35,7 +35,7 @@ def main() -> None:
 
     print_environment()
     with tempfile.TemporaryDirectory(prefix="cnnlab-fuzz-") as tmp:
-        run = cnnlab.train(epochs=2, subset=400, out=str(Path(tmp) / "run"), quiet=True)
+        run = cnnlab.train(recipe="digits", epochs=2, subset=400, out=str(Path(tmp) / "run"), quiet=True)
         app = create_app(run.path)
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

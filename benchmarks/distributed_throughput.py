@@ -35,7 +35,7 @@ def train_job(args: argparse.Namespace, nproc: int, threads: int, batch: int, de
               dataset: str, model: str, subset: int, extra: tuple[str, ...] = ()) -> tuple[list[float], float]:
     """Run one `cnnlab train` job; (training images/s of each epoch after the first, wall seconds)."""
     cmd = [sys.executable, "-m", "cnnlab", "train", "--json", "--model", model, "--dataset", dataset,
-           "--epochs", str(args.epochs), "--batch-size", str(batch), "--device", device, "--augment", "none",
+           "--epochs", str(args.epochs), "--batch-size", str(batch), "--device", device, "--augment", "none", "--lr", "3e-3", "--select", "best",
            "--threads", str(threads), "--out", str(out), "--nproc", str(nproc), *extra]
     if subset:
         cmd += ["--subset", str(subset)]

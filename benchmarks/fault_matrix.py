@@ -27,7 +27,8 @@ from time_to_accuracy import print_environment_from_a_child
 
 # mnist_cnn has dropout and augmentation is on: the RNG states and the batch generators must all resume.
 SETTINGS = ["--model", "mnist_cnn", "--dataset", "digits", "--epochs", "6", "--batch-size", "128", "--subset", "900",
-            "--augment", "translate=1,cutout=4", "--seed", "5", "--checkpoint-every", "0.5", "--quiet"]
+            "--augment", "translate=1,cutout=4", "--seed", "5", "--checkpoint-every", "0.5", "--quiet",
+            "--lr", "3e-3", "--select", "best"]
 QUICK = ["--model", "lenet", "--epochs", "2", "--subset", "300", "--checkpoint-every", "0.1"]  # the smoke test
 
 

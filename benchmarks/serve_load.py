@@ -140,7 +140,7 @@ def quick_run(folder: str) -> str:
 
     out = Path(folder) / "lenet-digits"
     # Speed does not depend on the weights: a tiny run is enough to measure the server.
-    cnnlab.train(model="lenet", dataset="digits", epochs=1, subset=256, seed=0, out=str(out), quiet=True)
+    cnnlab.train(recipe="digits", epochs=1, subset=256, seed=0, out=str(out), quiet=True)
     return str(out)
 
 

@@ -116,6 +116,6 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import cnnlab
 
     out = tmp_path_factory.mktemp("runs") / "lenet-digits"
-    run = cnnlab.train(model="lenet", dataset="digits", epochs=4, seed=0, out=str(out), quiet=True)
+    run = cnnlab.train(recipe="digits", epochs=4, seed=0, out=str(out), quiet=True)
     assert run.results["test_acc"] > 0.85
     return out

@@ -173,7 +173,7 @@ def test_training_in_a_host_process_leaves_it_alone(tmp_path: Path) -> None:
         seen = set()
         def watch(job, state):
             seen.add((gc.isenabled(), torch.get_num_threads(), len(multiprocessing.active_children())))
-        cnnlab.train(epochs=2, subset=300, out={str(tmp_path / "run")!r}, quiet=True, on_step=watch)
+        cnnlab.train(recipe="digits", epochs=2, subset=300, out={str(tmp_path / "run")!r}, quiet=True, on_step=watch)
         children = [p for p in os.listdir("/proc") if p.isdigit() and
                     open(f"/proc/{{p}}/stat").read().split()[3] == str(os.getpid())]
         print(sorted(seen), gc.isenabled(), torch.get_num_threads(), children)

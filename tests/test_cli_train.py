@@ -88,7 +88,7 @@ def test_recipes_command(capsys) -> None:
 
 def test_train_json_and_eval_outputs(tmp_path: Path, capsys) -> None:
     run = tmp_path / "r"
-    assert main(["train", "--epochs", "2", "--subset", "400", "--json", "--out", str(run)]) == 0
+    assert main(["train", "--recipe", "digits", "--epochs", "2", "--subset", "400", "--json", "--out", str(run)]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["event"] for e in events] == ["epoch", "epoch", "done"] and events[-1]["test_acc"] > 0.3
     assert main(["eval", str(run)]) == 0
@@ -105,7 +105,7 @@ def test_train_json_and_eval_outputs(tmp_path: Path, capsys) -> None:
 def test_ctrl_c_saves_and_prints_the_resume_command(tmp_path: Path) -> None:
     run = tmp_path / "r"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cnnlab", "train", "--epochs", "50", "--out", str(run)],
+        [sys.executable, "-m", "cnnlab", "train", "--recipe", "digits", "--epochs", "50", "--out", str(run)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"},
     )
     for line in proc.stdout:  # wait until training has really started

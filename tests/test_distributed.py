@@ -33,7 +33,7 @@ from cnnlab.training.launch import launch, settings_to_argv, torchrun_args
 from cnnlab.training.schedule import lr_at
 
 # No dropout, no augmentation: 2 ranks x 32 images then see exactly the batches of 1 process x 64 images.
-SETTINGS = dict(model="lenet", dataset="digits", epochs=3, batch_size=32, augment="none", seed=3)
+SETTINGS = dict(recipe="digits", epochs=3, batch_size=32, seed=3)
 JOB_TIMEOUT = 240  # seconds: generous, the machine is shared
 
 # Imported by every Python process of the job (PYTHONPATH): ranks other than 0 report any attempt to open a file

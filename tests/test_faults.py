@@ -27,7 +27,7 @@ from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.config import FIELDS, add_arguments, explicit_settings, resolve
 
 QUIET = {"quiet": True}
-SMALL = dict(model="lenet", dataset="digits", subset=300, seed=1, **QUIET)
+SMALL = dict(recipe="digits", subset=300, seed=1, **QUIET)
 
 
 def weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
@@ -383,7 +383,7 @@ def test_a_huge_local_photo_opens_while_the_server_keeps_its_limit(tmp_path: Pat
 
 
 def test_a_subset_smaller_than_the_classes_warns(tmp_path: Path, capfd) -> None:
-    cnnlab.train(epochs=1, subset=5, out=str(tmp_path / "r"), quiet=True)
+    cnnlab.train(recipe="digits", epochs=1, subset=5, out=str(tmp_path / "r"), quiet=True)
     assert "--subset 5 is smaller than the 10 classes" in capfd.readouterr().err
 
 

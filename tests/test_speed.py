@@ -33,6 +33,7 @@ SMOKE_ARGS: dict[str, list[str] | None] = {
     "flops_floor.py": ["--quick", "--threads", "1"],
     "fault_matrix.py": ["--quick"],
     "api_fuzz.py": ["--quick"],
+    "auto_defaults.py": ["--quick", "--folders", "digits", "--threads", "1"],
 }
 
 # What a script must print besides its environment line.

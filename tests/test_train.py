@@ -165,7 +165,7 @@ def test_unwritable_output_and_full_disk_are_caught_before_training(tmp_path: Pa
 
 
 def test_stopping_rules(tmp_path: Path) -> None:
-    small = dict(model="lenet", subset=400, **QUIET)
+    small = dict(recipe="digits", subset=400, **QUIET)
     target = cnnlab.train(epochs=20, target_acc=50, out=str(tmp_path / "t"), **small)
     assert len(target.history) < 20 and target.history[-1]["val_acc"] >= 0.5
     timed = cnnlab.train(epochs=50, max_time=1.0, out=str(tmp_path / "m"), **small)
@@ -175,7 +175,7 @@ def test_stopping_rules(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_run(tmp_path: Path) -> None:
-    small = dict(model="lenet", epochs=1, subset=500, **QUIET)
+    small = dict(recipe="digits", epochs=1, subset=500, **QUIET)
     a = cnnlab.train(seed=3, out=str(tmp_path / "a"), **small)
     b = cnnlab.train(seed=3, out=str(tmp_path / "b"), **small)
     c = cnnlab.train(seed=4, out=str(tmp_path / "c"), **small)
@@ -262,7 +262,7 @@ def test_every_setting_has_a_cli_flag_and_help() -> None:
     from cnnlab.training.config import explicit_settings
 
     assert explicit_settings(args) == {"batch_size": 32, "normalize": False, "model_kwargs": {"pool2": "avg"}}
-    assert TrainConfig().model == "lenet"
+    assert TrainConfig().model == "auto" and TrainConfig().epochs is None  # chosen from the data
 
 
 @pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "onecycle"])
@@ -341,7 +341,7 @@ def test_eval_reports_exactly_what_the_run_reported(tmp_path: Path, capsys) -> N
 
     cases = {"bf16": {"amp": "bf16"}, "softmax": {"model": "mlp", "model_kwargs": {"final_softmax": True}}}
     for name, extra in cases.items():
-        run = cnnlab.train(epochs=2, subset=400, out=str(tmp_path / name), quiet=True, **extra)
+        run = cnnlab.train(recipe="digits", epochs=2, subset=400, out=str(tmp_path / name), quiet=True, **extra)
         capsys.readouterr()
         assert main(["eval", str(tmp_path / name), "--json"]) == 0
         ev = json.loads(capsys.readouterr().out)
@@ -357,6 +357,6 @@ def test_amp_auto_is_bf16_only_where_the_hardware_computes_it(tmp_path: Path) ->
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert resolve_amp("auto", cpu) == ("bf16" if native else "off")
     assert resolve_amp("bf16", cpu) == "bf16" and resolve_amp("off", cpu) == "off"
-    cnnlab.train(epochs=1, subset=200, amp="auto", out=str(tmp_path / "r"), quiet=True)
+    cnnlab.train(recipe="digits", epochs=1, subset=200, amp="auto", out=str(tmp_path / "r"), quiet=True)
     recorded = json.loads((tmp_path / "r" / "config.json").read_text())["config"]["amp"]
     assert recorded == resolve_amp("auto", cpu)  # config.json says what ran, never "auto"

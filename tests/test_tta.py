@@ -40,7 +40,7 @@ def test_flip_tta_is_refused_where_mirroring_changes_labels(tmp_path: Path, digi
     with pytest.raises(CnnlabError, match="unknown test-time augmentation 'rotate'"):
         check_tta("rotate", True)
     with pytest.raises(CnnlabError, match="flip would change the labels of digits"):
-        cnnlab.train(dataset="digits", tta="flip", out=str(tmp_path / "r"), quiet=True)
+        cnnlab.train(recipe="digits", tta="flip", out=str(tmp_path / "r"), quiet=True)
     assert not (tmp_path / "r" / "results.json").exists()
     image = str(next(photos_dir.glob("*.png")))
     assert main(["predict", str(digits_run), image, "--tta", "flip"]) == 2

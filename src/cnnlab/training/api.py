@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError
+from cnnlab.models.weights import offline_weights_available
+from cnnlab.training.auto import PRETRAINED_BACKBONE, AutoChoice, fill_auto
 from cnnlab.training.budget import BudgetPlan, apply_plan, plan_for_job
 from cnnlab.training.checkpoint import find_checkpoint, load_checkpoint
 from cnnlab.training.config import RESUMABLE, TrainConfig, resolve
@@ -29,7 +31,9 @@ def train(config: TrainConfig | None = None, on_step: OnStep | None = None, **se
     if resume_from:
         return resume(resume_from, on_step=on_step, **{k: v for k, v in settings.items() if k != "resume"})
     cfg = resolve(settings, base=config)
+    cfg, choice = settle(cfg)
     job = build(cfg)
+    job.auto = choice.to_dict() if choice else None
     try:
         if cfg.feature_extraction:
             from cnnlab.training.features import embeddings_job
@@ -40,6 +44,12 @@ def train(config: TrainConfig | None = None, on_step: OnStep | None = None, **se
     finally:
         if job.lock is not None:
             job.lock.release()
+
+
+def settle(cfg: TrainConfig) -> tuple[TrainConfig, AutoChoice | None]:
+    """The config with the settings left open chosen from the data (a pretrained backbone only where its weights
+    are on this machine), and the choice made (None: nothing was open)."""
+    return fill_auto(cfg, pretrained_available=offline_weights_available(PRETRAINED_BACKBONE))
 
 
 def prepare(job: Job) -> None:
@@ -72,7 +82,8 @@ def resume(run: str | Path, on_step: OnStep | None = None, **overrides: Any) -> 
     if finished(ckpt, cfg, run_dir):
         raise CnnlabError(f"{run_dir} already finished its training and wrote its results; resume with --epochs N to "
                           f"train longer")
-    job = build(cfg, run_dir=run_dir)
+    job = build(cfg, run_dir=run_dir)  # the checkpoint's resolved settings: nothing is chosen again
+    job.auto = ckpt.get("auto") if isinstance(ckpt.get("auto"), dict) else None
     if ckpt.get("budget") and "epochs" not in overrides:  # the plan made at the start (--epochs N: train longer)
         apply_plan(job, BudgetPlan(**ckpt["budget"], started=time.monotonic()))
     try:

@@ -17,6 +17,8 @@ from cnnlab.training.schedule import SCHEDULES
 # Torch-free, so that building the command line imports no torch.
 TTA_MODES = ("none", "flip")  # test-time augmentation (see tta.py)
 CLASS_WEIGHTS = ("auto", "none", "balanced")  # weights of the classes in the training loss (see loss.py)
+SELECT_MODES = ("auto", "best", "last")  # the weights a run keeps (see runner.is_better)
+AUTO_WORD = ("epochs", "batch_size")  # number settings for which "auto" means unset (chosen from the data)
 
 
 @dataclass(frozen=True)
@@ -70,14 +72,17 @@ def opt(default: Any, help: str, choices: tuple | None = None, resume: bool = Fa
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run; defaults train a small CNN on the bundled digits in seconds."""
+    """Every setting of a training run. Those left "auto" (or unset) are chosen from the data when a run starts
+    (training/auto.py): with no options, a small CNN on the bundled digits in seconds."""
 
     # ---- what to train
-    model: str = opt("lenet", "model name (see `cnnlab models`)")
+    model: str = opt("auto", "model name (see `cnnlab models`); auto: chosen from the data (fastnet, or a "
+                             "pretrained backbone for larger photos when its weights are here)")
     dataset: str = opt("digits", "dataset name (see `cnnlab datasets`) or folder:PATH of your own images")
     recipe: str | None = opt(None, "named preset (see `cnnlab recipes`); options you give override it")
     model_kwargs: dict = opt({}, "extra model arguments as JSON, e.g. '{\"pool2\": \"avg\"}'")
-    input_size: str | None = opt(None, "model input as CxHxW (default: the model's size, the dataset's channels)")
+    input_size: str | None = opt(None, "model input as CxHxW (default: with --model auto, the images' own size from "
+                                       "28 to 64 px; else the model's size with the dataset's channels)")
     single_logit: bool = opt(False, "for two classes: one logit with sigmoid/BCE instead of two with softmax")
     weights: str | None = opt(None, "pretrained weights for torchvision backbones: DEFAULT, none, or a file")
     # ---- data
@@ -88,16 +93,20 @@ class TrainConfig:
                                 "0: none; -1: the dataset default (5,000 for MNIST-like datasets, else a tenth)")
     subset: int = opt(0, "train on a stratified subset of this many training images (0: all), for quick runs",
                       valid=COUNT)
-    augment: str = opt("auto", "augmentation: auto, none, or e.g. 'translate=2,flip,cutout=8,degrees=10'")
+    augment: str = opt("auto", "augmentation: none, e.g. 'translate=2,flip,cutout=8,degrees=10', or auto: chosen "
+                               "from the data (shifts scaled to the image size; flips only for photo-like images)")
     normalize: bool = opt(True, "subtract the dataset mean and divide by its std (off: pixels in [0, 1])")
     tta: str = opt("none", "test-time augmentation of the final test: none, or flip (the mean of each image's "
                            "outputs and its mirror's; only where mirroring keeps the label)", choices=TTA_MODES)
     # ---- optimization
-    epochs: int = opt(15, "passes over the training split", resume=True, valid=AT_LEAST_1)
-    batch_size: int = opt(64, "images per step (per process when distributed)", valid=AT_LEAST_1)
+    epochs: int | None = opt(None, "passes over the training split (default: auto, from a target number of "
+                                   "optimizer steps)", resume=True, valid=AT_LEAST_1)
+    batch_size: int | None = opt(None, "images per step, per process when distributed (default: auto, from the "
+                                       "number of training images)", valid=AT_LEAST_1)
     optimizer: str = opt("adamw", "optimizer", choices=("sgd", "adam", "adamw"))
-    lr: float | str = opt(3e-3, "peak learning rate, or auto: the suggestion of a learning-rate range test run "
-                                "first (see `cnnlab lr-find`)", valid=POSITIVE, words=("auto",))
+    lr: float | str | None = opt(None, "peak learning rate (default: chosen from the optimizer and the batch size); "
+                                      "auto: the suggestion of a learning-rate range test run first (see `cnnlab "
+                                      "lr-find`)", valid=POSITIVE, words=("auto",))
     momentum: float = opt(0.9, "SGD momentum (0: plain SGD); Adam's beta1", valid=FRACTION)
     nesterov: bool = opt(False, "Nesterov momentum for SGD")
     weight_decay: float = opt(5e-4, "weight decay (not applied to biases and norm layers)", valid=COUNT)
@@ -113,6 +122,10 @@ class TrainConfig:
     amp: str = opt("off", "mixed precision: bf16 or fp16 autocast (fp16 on CUDA only); auto: bf16 where the hardware "
                           "computes it natively (CPUs with AVX-512 BF16 or AMX, recent CUDA GPUs), else off",
                    choices=("off", "auto", "bf16", "fp16"))
+    select: str = opt("auto", "the weights kept as best.pt and tested: best (the epoch with the best validation "
+                              "accuracy) or last (the final weights); auto: last when the validation split is under "
+                              "300 images (then also trained on, unless --val-size is given)",
+                      choices=SELECT_MODES)
     # ---- device and reproducibility
     device: str = opt("auto", "where to train", choices=("auto", "cpu", "cuda", "mps"), resume=True)
     seed: int = opt(0, "random seed: the same seed gives the same run", valid=Range(0, 2**63, high_open=True))
@@ -185,6 +198,8 @@ def coerce(name: str, value: Any) -> Any:
     kind, meta = _base_type(name), FIELDS[name].metadata
     if value is None or kind is bool and isinstance(value, bool):
         return value
+    if name in AUTO_WORD and isinstance(value, str) and value.strip().lower() == "auto":
+        return None
     if isinstance(value, str) and value.strip().lower() in meta["words"]:
         return value.strip().lower()
     try:
@@ -225,7 +240,7 @@ def add_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
         said = [f"one of {', '.join(choices)}"] if choices else []
         if default is not None and "(default:" not in help_text:  # a help line may say its default in words
             said.append(f"default: {shown}")
-        as_text = kind is dict or f.metadata["words"] or f.metadata["parse"]  # coerce() reads them
+        as_text = kind is dict or f.metadata["words"] or f.metadata["parse"] or name in AUTO_WORD  # coerce() reads them
         parser.add_argument(flag, dest=name, default=None, choices=choices, type=str if as_text else kind,
                             metavar=None if choices else _metavar(name, kind),  # choices show as {a,b,c}
                             help=help_text + (f" ({'; '.join(said)})" if said else ""))
@@ -286,7 +301,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.feature_extraction and cfg.probe_every:
         raise CnnlabError("--feature-extraction keeps the backbone's filters fixed: there is nothing for "
                           "--probe-every to follow; drop it")
-    for name in ("optimizer", "schedule", "amp", "device", "tta", "class_weights"):
+    for name in ("optimizer", "schedule", "amp", "device", "tta", "class_weights", "select"):
         choices = FIELDS[name].metadata["choices"]
         if getattr(cfg, name) not in choices:
             raise CnnlabError(f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")

@@ -43,6 +43,15 @@ class Printer:
             print(f"class weights {shown}{more} ({weights['why']})")
         print(f"run folder: {self.run_dir}")
 
+    def auto(self, auto: dict[str, Any] | None) -> None:
+        """The line saying what was chosen from the data and why (a JSON event with --json)."""
+        if not auto:
+            return
+        if self.json:
+            print(json.dumps({"event": "auto", **auto}), flush=True)
+        elif self.enabled and auto.get("line"):
+            print(auto["line"], flush=True)
+
     def bar(self, total: int, epoch: int, initial: int = 0) -> "ProgressBar":
         """The bar of `epoch` (1-based), starting at batch `initial` when resuming mid-epoch."""
         return ProgressBar(total, epoch, self.cfg.epochs, initial, enabled=self.enabled)

@@ -80,7 +80,8 @@ def check_before_launch(nproc: int, settings: dict[str, Any]) -> None:
         return
     from cnnlab.models import get_model_info
 
-    get_model_info(cfg.model)
+    if cfg.model != "auto":  # chosen from the data in each process
+        get_model_info(cfg.model)
     device = pick_device(cfg.device)
     if device.type == "mps":
         raise CnnlabError("several processes train on CPUs or CUDA GPUs, not on Apple's MPS; add --device cpu")

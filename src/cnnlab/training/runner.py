@@ -81,6 +81,8 @@ def _fit(job: Job, state: TrainState, on_step: OnStep | None, resumed: bool) -> 
             with writing(job, job.run_dir / "metrics.jsonl"):
                 atomic_write_text("".join(json.dumps(row) + "\n" for row in state.history),
                                   job.run_dir / "metrics.jsonl")
+    if not resumed:
+        out.auto(job.auto)
     out.start(describe(job), resumed, state)
     if job.cfg.probe_every and job.env.is_main and not resumed:
         probe(job, state)  # epoch 0: the random filters, so the report's strip starts before any learning
@@ -205,7 +207,7 @@ def end_of_epoch(job: Job, state: TrainState, finished: bool, out: Printer, tb: 
     state.history.append(row)
     score, loss = (row["val_acc"], row["val_loss"]) if val else (row["train_acc"], row["train_loss"])
     score, loss, state.elapsed = env.broadcast([score, loss, state.elapsed], job.device)  # rank 0's: same decisions
-    improved = is_better(score, loss, state)
+    improved = job.cfg.select == "last" or is_better(score, loss, state)  # "last": the final weights are kept
     if improved:
         state.best_acc, state.best_loss, state.best_epoch, state.bad_epochs = score, loss, state.epoch, 0
     else:
@@ -215,7 +217,7 @@ def end_of_epoch(job: Job, state: TrainState, finished: bool, out: Printer, tb: 
                                                                    encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         save(job, state, "last")
-        if improved:
+        if improved and job.cfg.select != "last":  # "last": best.pt is written once, by finish
             save(job, state, "best")
         if tb is not None:
             for k, v in row.items():
@@ -255,6 +257,8 @@ def finish(job: Job, state: TrainState, out: Printer) -> dict | None:
         out.note(f"warning: the processes finished with different weights ({len(set(digests))} versions); "
                  f"rank 0's are saved")
     save(job, state, "last")
+    if cfg.select == "last":
+        save(job, state, "best")
     best_path = job.run_dir / "checkpoints" / "best.pt"
     if best_path.exists():
         job.classifier.load_state_dict(load_checkpoint(best_path, job.device)["state_dict"])
@@ -340,8 +344,8 @@ def save(job: Job, state: TrainState, name: str) -> None:
 def write_config(job: Job) -> None:
     path = job.run_dir / "config.json"
     with writing(job, path):
-        atomic_write_json({"config": job.cfg.to_dict(), "resolved": describe(job), "environment": environment()},
-                          path)
+        atomic_write_json({"config": job.cfg.to_dict(), "resolved": describe(job), "environment": environment(),
+                           **({"auto": job.auto} if job.auto else {})}, path)
 
 
 def outputs_are_probs(job: Job) -> bool:

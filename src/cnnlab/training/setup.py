@@ -83,6 +83,7 @@ class Job:
     class_weights_why: str = "none"  # why the loss weighs the classes as it does (--class-weights)
     choices: dict[str, Any] = field(default_factory=dict)  # settings resolved when the run started: value, reason
     budget: Any = None  # the --budget plan it follows (budget.BudgetPlan)
+    auto: dict[str, Any] | None = None  # what was chosen from the data, with reasons (training/auto.py)
 
 
 # ---------------------------------------------------------------- the process
@@ -303,9 +304,12 @@ def build_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=base_lr(cfg), betas=(cfg.momentum, 0.999))
 
 
+STAND_IN_LR = 1e-3  # the optimizer's rate before the range test of --lr auto replaces it
+
+
 def base_lr(cfg: TrainConfig) -> float:
     """--lr; with --lr auto, a stand-in until the range test sets it (every step sets the rate from the schedule)."""
-    return TrainConfig.lr if cfg.lr == "auto" else cfg.lr
+    return STAND_IN_LR if cfg.lr == "auto" else cfg.lr
 
 
 def build_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:

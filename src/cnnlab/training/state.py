@@ -74,6 +74,7 @@ def checkpoint_state(job: "Job", state: TrainState) -> dict[str, Any]:
         "pipeline": data.pipeline.to_dict(),
         "augment": data.augment.to_dict(),
         "config": cfg.to_dict(),
+        "auto": job.auto,  # the settings chosen from the data, with their reasons (config.json shows them)
         "weights": getattr(whole, "weights_info", None) or cfg.weights,
         "budget": job.budget.to_dict() if job.budget is not None else None,  # the --budget plan a resume follows
     }

@@ -1,0 +1,232 @@
+"""Defaults that read the data: the profile, the chooser's rules and reasons, and the wiring into a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cnnlab
+from cnnlab.data.profile import DataProfile, pixel_kind, profile_dataset
+from cnnlab.training import auto
+from cnnlab.training.auto import choose, fill_auto, planned_epochs
+from cnnlab.training.checkpoint import load_checkpoint
+from cnnlab.training.config import resolve
+
+
+def _profile(kind="glyph", channels=1, side=28, per_class=800, classes=10, val=None, flip_ok=None, unbalanced=False):
+    per = tuple(per_class * (4 if unbalanced and i == 0 else 1) for i in range(classes))
+    n = sum(per)
+    val = round(0.1 * n) if val is None else val
+    return DataProfile("folder:x", channels, (side, side), False, classes, per, n - val, val, kind, "synthetic",
+                       flip_ok, {})
+
+
+def _glyphs(n: int, size: int = 28, seed: int = 0) -> np.ndarray:
+    """White strokes on black: a random bar and a ring per image."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, size, size), np.uint8)
+    for img in out:
+        r, c = rng.integers(4, size - 14, 2)
+        img[r:r + 12, c:c + 2] = 255
+        img[r:r + 2, c:c + 10] = 255
+        img[r + 10:r + 12, c:c + 10] = 255
+    return out
+
+
+def _photos(n: int, size: int = 48, seed: int = 0, colour: bool = True) -> np.ndarray:
+    """Smooth mid-tone scenes: gradients plus blurred noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for _ in range(n):
+        base = 0.3 + 0.4 * (rng.random() * yy + rng.random() * xx) / 2
+        noise = torch.nn.functional.avg_pool2d(torch.rand(1, 1, size, size), 5, 1, 2)[0, 0].numpy()
+        chans = [np.clip(base + 0.3 * (noise - 0.5) + rng.normal(0, 0.05), 0, 1) for _ in range(3 if colour else 1)]
+        out.append((np.stack(chans, -1) * 255).astype(np.uint8).squeeze())
+    return np.stack(out)
+
+
+def _folder(root: Path, images: np.ndarray, classes: int = 2) -> Path:
+    for i, img in enumerate(images):
+        d = root / f"c{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+# ---------------------------------------------------------------- the profile
+
+
+def test_pixels_of_glyphs_and_photos_are_told_apart() -> None:
+    kind, reason, m = pixel_kind(torch.from_numpy(_glyphs(64))[:, None])
+    assert kind == "glyph" and m["extremes"] > 0.9 and m["background"] == "dark" and "plain dark" in reason
+    inverted = torch.from_numpy(255 - _glyphs(64))[:, None]  # dark ink on paper
+    assert pixel_kind(inverted)[0] == "glyph"
+    assert pixel_kind(torch.from_numpy(_photos(64)).permute(0, 3, 1, 2))[0] == "photo"
+    assert pixel_kind(torch.from_numpy(_photos(64, colour=False))[:, None])[0] == "photo"
+    dark_smooth = torch.zeros(16, 1, 32, 32, dtype=torch.uint8) + 5  # a night sky: black, but no strokes
+    assert pixel_kind(dark_smooth)[0] == "photo"
+
+
+def test_folder_profile_reads_sizes_counts_and_kind(tmp_path: Path) -> None:
+    glyphs = profile_dataset(f"folder:{_folder(tmp_path / 'g', _glyphs(60))}")
+    assert (glyphs.kind, glyphs.channels, glyphs.size, glyphs.num_classes) == ("glyph", 1, (28, 28), 2)
+    assert glyphs.per_class == (30, 30) and glyphs.train_images + glyphs.val_images == 48  # 20% held out as test
+    photos = profile_dataset(f"folder:{_folder(tmp_path / 'p', _photos(40, size=48))}")
+    assert (photos.kind, photos.channels, photos.side) == ("photo", 3, 48)
+
+
+def test_builtin_profiles_come_from_their_info() -> None:
+    mnist, cifar = profile_dataset("mnist"), profile_dataset("cifar10")  # no pixel read: CIFAR-10 need not be here
+    assert (mnist.kind, mnist.flip_ok, mnist.train_images, mnist.val_images) == ("glyph", False, 55000, 5000)
+    assert (cifar.kind, cifar.flip_ok, cifar.channels, cifar.size) == ("photo", True, 3, (32, 32))
+    assert profile_dataset("fashion-mnist").flip_ok  # line art whose labels survive a mirror: its info says so
+
+
+# ---------------------------------------------------------------- the rules
+
+
+def test_glyphs_get_fastnet_shifts_and_never_flips() -> None:
+    for side in (8, 28, 40, 64, 200):
+        for n in (50, 800):
+            c = choose(_profile("glyph", side=side, per_class=n))
+            assert "flip" not in c.settings["augment"], (side, n)
+    c = choose(_profile("glyph", side=28, per_class=800))
+    assert c.settings["model"] == "fastnet" and c.settings["input_size"] == "1x28x28"
+    assert c.settings["augment"] == "translate=2"
+    assert "no flips (glyph-like images: a mirror can change the class; --augment translate=2,flip to allow)" in c.line
+    assert c.line.startswith("auto: fastnet at 1x28x28, ") and "shifts of 2 px" in c.line
+    assert "mirror" in c.reasons["augment"]
+
+
+def test_photos_get_flips_and_strengths_scaled_to_the_size() -> None:
+    small = choose(_profile("photo", channels=3, side=32))
+    assert small.settings["augment"] == "translate=4,jitter=0.1,flip" and small.settings["input_size"] == "3x32x32"
+    large = choose(_profile("photo", channels=3, side=500))
+    assert large.settings["input_size"] == "3x64x64" and large.settings["augment"] == "translate=8,jitter=0.1,flip"
+    gray = choose(_profile("photo", channels=1, side=20, per_class=70, classes=2))
+    assert gray.settings["input_size"] == "1x28x28" and "flip" in gray.settings["augment"]
+    no_mirror = choose(_profile("photo", channels=3, side=32, flip_ok=False))  # e.g. house numbers
+    assert "flip" not in no_mirror.settings["augment"] and "labels change when mirrored" in no_mirror.line
+
+
+def test_pretrained_backbone_only_for_large_photos_with_weights_here() -> None:
+    photo = _profile("photo", channels=3, side=200, per_class=50, classes=4)
+    with_weights = choose(photo, pretrained_available=True)
+    assert with_weights.settings["model"] == auto.PRETRAINED_BACKBONE
+    assert with_weights.settings["feature_extraction"] and with_weights.settings["augment"] == "none"
+    assert "ImageNet" in with_weights.reasons["model"] and "ImageNet features" in with_weights.line
+    without = choose(photo, pretrained_available=False)
+    assert without.settings["model"] == "fastnet" and "no pretrained weights" in without.reasons["model"]
+    assert choose(_profile("photo", channels=3, side=32), pretrained_available=True).settings["model"] == "fastnet"
+    assert choose(_profile("glyph", side=200), pretrained_available=True).settings["model"] == "fastnet"
+
+
+def test_tiny_validation_is_trained_on_and_final_weights_kept() -> None:
+    tiny = choose(_profile("photo", side=32, per_class=70, classes=2, val=14))
+    assert tiny.settings["val_size"] == 0 and tiny.settings["select"] == "last"
+    assert "14 validation images" in tiny.reasons["val_size"] and "final weights kept" in tiny.line
+    assert tiny.settings["batch_size"] == auto.BATCH_MIN  # 140 images: small batches, more steps
+    large = choose(_profile("glyph", per_class=800))
+    assert "val_size" not in large.settings and large.settings["select"] == "best"
+    given = choose(_profile("photo", side=32, per_class=70, classes=2, val=14), given={"val_size": 0.1})
+    assert "val_size" not in given.settings and given.settings["select"] == "last"
+
+
+def test_epochs_come_from_a_step_target_within_bounds() -> None:
+    assert planned_epochs(100, 16, 28)[0] == auto.MAX_EPOCHS  # 6 steps per epoch: capped above
+    epochs, why = planned_epochs(3200, 32, 28)  # 100 steps per epoch: the target decides
+    assert epochs == auto.TARGET_STEPS // 100 and "steps" in why
+    epochs, why = planned_epochs(20_000, 128, 28)  # the compute budget decides
+    assert epochs == auto.PASS_BUDGET // 20_000 and "budget" in why
+    assert planned_epochs(60_000, 128, 64)[0] == auto.MIN_EPOCHS  # bounded below
+    assert planned_epochs(2000, 64, 64)[0] < planned_epochs(2000, 64, 28)[0]  # larger images cost more
+
+
+def test_unbalanced_classes_and_given_settings() -> None:
+    c = choose(_profile("glyph", per_class=100, unbalanced=True))
+    assert c.profile["per_class"][0] == 400 and "augment" in c.settings
+    given = {"model": "lenet", "epochs": 7, "augment": "none", "batch_size": 32}
+    c = choose(_profile("glyph"), given=given)
+    assert not set(given) & set(c.settings) and "lr" in c.settings and "input_size" not in c.settings
+    sgd = choose(_profile("glyph"), given={"optimizer": "sgd", "batch_size": 128})
+    assert sgd.settings["lr"] == pytest.approx(auto.SGD_LR * 2)
+
+
+def test_fill_auto_leaves_given_and_recipe_settings_alone() -> None:
+    cfg, choice = fill_auto(resolve({"dataset": "mnist", "model": "lenet", "epochs": 2}))
+    assert cfg.model == "lenet" and cfg.epochs == 2 and "model" not in choice.settings
+    assert cfg.batch_size and cfg.lr and cfg.augment == "translate=2"
+    recipe, none = fill_auto(resolve({"recipe": "digits"}))  # every setting of the old default run is given
+    assert none is None and (recipe.model, recipe.epochs, recipe.augment) == ("lenet", 15, "none")
+    assert resolve({"epochs": "auto"}).epochs is None
+
+
+# ---------------------------------------------------------------- the wiring
+
+
+def test_a_run_prints_and_records_its_choices_and_resume_keeps_them(tmp_path: Path, capsys,
+                                                                    monkeypatch) -> None:
+    folder = _folder(tmp_path / "glyphs", _glyphs(80))
+    out = tmp_path / "run"
+
+    def stop_after_first_step(job, state):
+        if state.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = cnnlab.train(dataset=f"folder:{folder}", epochs=2, out=str(out), on_step=stop_after_first_step)
+    assert first.status == "interrupted"
+    printed = capsys.readouterr().out
+    line = next(s for s in printed.splitlines() if s.startswith("auto: "))
+    assert "fastnet at 1x28x28" in line and "no flips (glyph-like" in line and "final weights kept" in line
+    config = json.loads((out / "config.json").read_text())
+    chosen = config["auto"]["chosen"]
+    assert config["config"]["model"] == "fastnet" and chosen["model"]["value"] == "fastnet"
+    assert chosen["augment"]["value"] == config["config"]["augment"] == "translate=2"
+    assert all(v["reason"] for v in chosen.values()) and "epochs" not in chosen
+    assert config["auto"]["profile"]["kind"] == "glyph"
+    monkeypatch.setattr(auto, "choose", lambda *a, **k: pytest.fail("a resume chose again"))
+    resumed = cnnlab.train(resume=str(out), quiet=True)
+    assert resumed.status == "completed"
+    after = json.loads((out / "config.json").read_text())
+    same = [k for k in config["config"] if k != "quiet"]  # --quiet may change on a resume
+    assert [after["config"][k] for k in same] == [config["config"][k] for k in same] and after["auto"] == config["auto"]
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["config"]["batch_size"] == chosen["batch_size"]["value"]
+
+
+def test_json_mode_sends_the_choice_as_an_event(tmp_path: Path, capsys) -> None:
+    folder = _folder(tmp_path / "glyphs", _glyphs(40))
+    cnnlab.train(dataset=f"folder:{folder}", epochs=1, out=str(tmp_path / "r"), json=True)
+    events = [json.loads(s) for s in capsys.readouterr().out.splitlines() if s.startswith("{")]
+    assert events[0]["event"] == "auto" and events[0]["chosen"]["model"]["value"] == "fastnet"
+    cnnlab.train(dataset=f"folder:{folder}", epochs=1, out=str(tmp_path / "q"), quiet=True)
+    assert "auto:" not in capsys.readouterr().out
+
+
+def test_select_last_keeps_the_final_weights(tmp_path: Path) -> None:
+    run = cnnlab.train(dataset="digits", model="lenet", subset=200, epochs=2, batch_size=64, augment="none",
+                       select="last", out=str(tmp_path / "r"), quiet=True)
+    assert run.results["best_epoch"] == 2
+    best = load_checkpoint(tmp_path / "r" / "checkpoints" / "best.pt")
+    assert best["epoch"] == 2 and dataclasses.is_dataclass(cnnlab.TrainConfig)
+
+
+def test_datasets_show_augment_draws_what_training_sees(tmp_path: Path, capsys) -> None:
+    from cnnlab.cli.main import main
+
+    folder = _folder(tmp_path / "glyphs", _glyphs(40))
+    png = tmp_path / "aug.png"
+    assert main(["datasets", "--show", f"folder:{folder}", "--augment", "--per-class", "6", "--out", str(png)]) == 0
+    assert "--augment translate=2" in capsys.readouterr().out  # the choice training makes: shifts, no flips
+    img = Image.open(png)
+    img.load()
+    assert img.width > 300 and len(np.unique(np.asarray(img.convert("L")))) > 10
+    assert main(["datasets", "--show", f"folder:{folder}", "--augment", "translate=4", "--out", str(png)]) == 0
