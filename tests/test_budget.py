@@ -47,7 +47,8 @@ class FakeClock:
         return self.now
 
 
-RUN = dict(model="lenet", dataset="digits", subset=512, batch_size=64, threads=1, seed=3, quiet=True)
+RUN = dict(model="lenet", dataset="digits", subset=512, batch_size=64, lr=3e-3, augment="none", select="best", threads=1,
+           seed=3, quiet=True)  # the settings the chooser would otherwise pick from the data
 
 
 def test_a_budget_run_follows_its_plan_and_reports_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
