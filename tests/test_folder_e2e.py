@@ -69,8 +69,8 @@ def test_small_convnet_at_its_150x150_default_with_one_sigmoid_output(cats: Path
                        out=str(tmp_path / "r"), quiet=True)
     resolved = json.loads((tmp_path / "r" / "config.json").read_text())["resolved"]
     assert resolved["input_size"] == [3, 150, 150] and resolved["num_outputs"] == 1 and resolved["single_logit"]
-    # What small photo datasets need, chosen by --augment auto for a folder.
-    assert resolved["augment"] == "flip,crop=0.35,jitter=0.2"
+    # What photos above 64 px need, chosen from the data: flips, crops keeping at least half, colour jitter.
+    assert resolved["augment"] == "flip,crop=0.5,jitter=0.2"
     assert run.results["epochs_run"] == 1 and run.history[0]["train_loss"] > 0
     probs = cnnlab.load_run(tmp_path / "r").predict_proba(next((cats / "chelsea").iterdir()))
     assert probs.shape == (1, 2) and torch.allclose(probs.sum(1), torch.ones(1))

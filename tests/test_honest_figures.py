@@ -121,7 +121,7 @@ def lopsided(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-SMALL = dict(model="lenet", epochs=2, batch_size=16, seed=0)
+SMALL = dict(model="lenet", epochs=2, batch_size=16, select="best", seed=0)  # best: the validation split is kept
 
 
 def test_an_unbalanced_folder_is_weighted_and_its_small_test_split_reported_honestly(

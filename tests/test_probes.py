@@ -22,8 +22,8 @@ from cnnlab.viz.probes import pick_epochs, plot_probe_filters, plot_probe_maps
 def probed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two epochs of LeNet on 200 digits, probed every 2 epochs: snapshots at epochs 0 and 2."""
     out = tmp_path_factory.mktemp("probes") / "run"
-    cnnlab.train(model="lenet", dataset="digits", epochs=2, subset=200, probe_every=2, seed=0, out=str(out),
-                 quiet=True)
+    cnnlab.train(model="lenet", dataset="digits", epochs=2, subset=200, probe_every=2, select="best", seed=0,
+                 out=str(out), quiet=True)  # best: the validation split the snapshots show is kept
     return out
 
 

@@ -33,6 +33,10 @@ SMOKE_ARGS: dict[str, list[str] | None] = {
     "flops_floor.py": ["--quick", "--threads", "1"],
     "fault_matrix.py": ["--quick"],
     "api_fuzz.py": ["--quick"],
+    "class_weights.py": ["--pairs", "4,9", "--seeds", "1", "--majority", "40", "--minority", "8", "--test", "10",
+                         "--epochs", "1"],
+    "folder_cache.py": ["--images", "200", "--rounds", "1"],
+    "pretrained_offline.py": ["--seeds", "1", "--per-class", "6", "--epochs", "1", "--only", "feature"],
     "auto_defaults.py": ["--quick", "--folders", "digits", "--threads", "1"],
 }
 
