@@ -230,3 +230,22 @@ def test_datasets_show_augment_draws_what_training_sees(tmp_path: Path, capsys) 
     img.load()
     assert img.width > 300 and len(np.unique(np.asarray(img.convert("L")))) > 10
     assert main(["datasets", "--show", f"folder:{folder}", "--augment", "translate=4", "--out", str(png)]) == 0
+
+
+def test_large_photos_get_the_pretrained_backbone_where_its_weights_are_here(tmp_path: Path, monkeypatch) -> None:
+    from cnnlab.training import api
+
+    folder = _folder(tmp_path / "photos", _photos(24, size=128), classes=2)
+    cfg = resolve({"dataset": f"folder:{folder}"})
+    monkeypatch.setattr(api, "offline_weights_available", lambda name: False)
+    assert api.settle(cfg)[0].model == auto.SCRATCH_MODEL  # no weights here: trained from scratch
+    monkeypatch.undo()
+    assert api.offline_weights_available(auto.PRETRAINED_BACKBONE)  # the test extra installs them
+    settled, choice = api.settle(cfg)
+    assert (settled.model, settled.weights, settled.feature_extraction) == (auto.PRETRAINED_BACKBONE, "DEFAULT", True)
+    assert "(ImageNet features)" in choice.line
+    run = cnnlab.train(dataset=f"folder:{folder}", epochs=1, out=str(tmp_path / "run"), quiet=True)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    chosen = config["auto"]["chosen"]
+    assert config["config"]["model"] == auto.PRETRAINED_BACKBONE and chosen["weights"]["value"] == "DEFAULT"
+    assert run.status == "completed" and 0 <= run.results["test_acc"] <= 1
