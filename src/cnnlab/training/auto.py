@@ -102,7 +102,8 @@ def _model(c: AutoChoice, profile: DataProfile, pretrained_available: bool,
     s = max(MIN_SIDE, min(MAX_SIDE, 4 * round(profile.side / 4)))
     why = "the images' own size" if s == profile.side else (
         f"the images' {profile.side} px, {'enlarged' if s > profile.side else 'reduced'} to {s}")
-    c.pick(given, "input_size", f"{profile.channels}x{s}x{s}", f"{why}; {'gray' if profile.channels == 1 else 'colour'}")
+    colour = "gray" if profile.channels == 1 else "colour"
+    c.pick(given, "input_size", f"{profile.channels}x{s}x{s}", f"{why}; {colour}")
     return model, s, False
 
 

@@ -116,7 +116,8 @@ class TrainConfig:
     gamma: float = opt(0.7, "step schedule: the factor", valid=POSITIVE)
     class_weights: str = opt("auto", "weigh each class's images in the training loss by n / (classes x the "
                                      "class's count) (balanced), or not (none); auto: balanced when the largest "
-                                     "class has 1.5x the training images of the smallest or more", choices=CLASS_WEIGHTS)
+                                     "class has 1.5x the training images of the smallest or more",
+                             choices=CLASS_WEIGHTS)
     label_smoothing: float = opt(0.0, "label smoothing for the cross-entropy (0.1 is common)", valid=FRACTION)
     grad_clip: float = opt(0.0, "clip the gradient's global norm to this (0: off)", valid=COUNT)
     amp: str = opt("off", "mixed precision: bf16 or fp16 autocast (fp16 on CUDA only); auto: bf16 where the hardware "
