@@ -129,7 +129,8 @@ def test_only_rank_0_writes_and_prints(two_rank_run: dict) -> None:
     assert [p.name for p in work.iterdir()] == ["runs"]  # the one timestamped folder rank 0 made, nothing else
     (run_dir,) = runs
     assert re.fullmatch(r"lenet-digits-\d{8}-\d{6}", run_dir.name)
-    files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    # The lock file of the run folder stays or goes with filelock's version: not part of the run.
+    files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.name != ".lock")
     assert files == ["checkpoints", "checkpoints/best.pt", "checkpoints/last.pt", "config.json", "curves.png",
                      "metrics.jsonl", "results.json"]
     out = two_rank_run["stdout"]
