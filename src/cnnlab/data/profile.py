@@ -25,7 +25,6 @@ import torch
 from cnnlab.data.domain import measure_domain
 
 SAMPLE_IMAGES = 256  # images decoded to measure the pixels (spread over the classes)
-SAMPLE_SIZES = 500  # files whose header is read for the original sizes
 MEASURE_SIDE = 64  # pixels are measured at the original size, at most this many pixels a side
 GLYPH_EXTREMES = 0.5  # share of pixels within 0.1 of black or white (MNIST 0.91, digits 0.65, photos 0.01-0.26)
 GLYPH_EDGES = 0.01  # share of neighbour steps > 0.25 (MNIST 0.11, digits 0.50, smooth photo crops 0.00-0.01)
@@ -114,11 +113,11 @@ def _profile_folder(path: str, val_size: int | float | None, subset: int) -> Dat
 
     scan = scan_folder(Path(path).expanduser().resolve())
     splits = folder_splits(scan, val_size, 0)
-    files, targets = scan.files["train"], scan.targets["train"]
+    targets = scan.targets["train"]
     per = torch.bincount(torch.tensor(targets), minlength=len(scan.classes)).tolist()
     train_n = len(splits["train"][0]) if not subset else min(subset, len(splits["train"][0]))
     val_n = len(splits.get("val", ([], []))[0])
-    sizes = _original_sizes(files[:: max(1, len(files) // SAMPLE_SIZES)][:SAMPLE_SIZES])
+    sizes = scan.sizes["train"]  # every file's upright (H, W), recorded by the scan (cached: no file is opened)
     size = (int(statistics.median(h for h, _ in sizes)), int(statistics.median(w for _, w in sizes)))
     channels = 1 if scan.gray else 3
     side = min(MEASURE_SIDE, min(size))
@@ -126,20 +125,6 @@ def _profile_folder(path: str, val_size: int | float | None, subset: int) -> Dat
     kind, reason, measures = pixel_kind(sample)
     return DataProfile(f"folder:{scan.root}", channels, size, len(set(sizes)) > 1, len(scan.classes), tuple(per),
                        train_n, val_n, kind, reason, None, measures, subset)
-
-
-def _original_sizes(files: list[Path]) -> list[tuple[int, int]]:
-    """(H, W) of each file, from its header (no pixel is decoded)."""
-    from PIL import Image
-
-    sizes = []
-    for f in files:
-        try:
-            with Image.open(f) as img:
-                sizes.append((img.height, img.width))
-        except OSError:  # changed since the scan: the scan's own listing of bad files says so
-            continue
-    return sizes or [(28, 28)]
 
 
 def _decode_sample(files: list[Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
