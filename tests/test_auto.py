@@ -103,19 +103,50 @@ def test_glyphs_get_fastnet_shifts_and_never_flips() -> None:
     assert c.settings["model"] == "fastnet" and c.settings["input_size"] == "1x28x28"
     assert c.settings["augment"] == "translate=2"
     assert "no flips (glyph-like images: a mirror can change the class; --augment translate=2,flip to allow)" in c.line
-    assert c.line.startswith("auto: fastnet at 1x28x28, ") and "shifts of 2 px" in c.line
+    assert c.line.startswith("auto: fastnet at 1x28x28 (a linear head over its last map), ") and "shifts of 2 px" in c.line
     assert "mirror" in c.reasons["augment"]
 
 
 def test_photos_get_flips_and_strengths_scaled_to_the_size() -> None:
     small = choose(_profile("photo", channels=3, side=32))
     assert small.settings["augment"] == "translate=4,jitter=0.1,flip" and small.settings["input_size"] == "3x32x32"
-    large = choose(_profile("photo", channels=3, side=500))
+    large = choose(_profile("photo", channels=3, side=500, per_class=100))  # 31 epochs at 64 px: shifts pay
     assert large.settings["input_size"] == "3x64x64" and large.settings["augment"] == "translate=8,jitter=0.1,flip"
     gray = choose(_profile("photo", channels=1, side=20, per_class=70, classes=2))
     assert gray.settings["input_size"] == "1x28x28" and "flip" in gray.settings["augment"]
     no_mirror = choose(_profile("photo", channels=3, side=32, flip_ok=False))  # e.g. house numbers
     assert "flip" not in no_mirror.settings["augment"] and "labels change when mirrored" in no_mirror.line
+
+
+def test_a_short_run_gets_flips_alone_and_a_budget_plan_says_so() -> None:
+    long = choose(_profile("photo", channels=3, side=32, per_class=100))
+    assert planned_epochs(900, 16, 32)[0] >= auto.SHIFT_MIN_EPOCHS and "translate" in long.settings["augment"]
+    short = choose(_profile("photo", channels=3, side=32, per_class=100), given={"epochs": auto.SHIFT_MIN_EPOCHS - 1})
+    assert short.settings["augment"] == "flip" and "still fitting" in short.reasons["augment"]
+    assert "flips (a short run)" in short.line
+    glyphs = choose(_profile("glyph", per_class=6000))  # 54,000 images: the compute budget allows 3 epochs
+    assert glyphs.settings["epochs"] == auto.MIN_EPOCHS and glyphs.settings["augment"] == "none"
+    # Under --budget the epochs are planned later, from the measured speed: the plan's length decides then.
+    planned = choose(_profile("glyph", per_class=6000), given={"budget": 30.0}).to_dict()
+    assert planned["chosen"]["augment"]["value"] == "translate=2"
+    assert auto.short_run_augment(json.loads(json.dumps(planned)), auto.SHIFT_MIN_EPOCHS) is None
+    assert auto.short_run_augment(planned, 4) == "none"
+    assert planned["chosen"]["augment"]["value"] == "none" and "4 passes" in planned["chosen"]["augment"]["reason"]
+    assert "no augmentation (a run of 4 epochs)" in planned["line"] and "shifts" not in planned["line"]
+    assert auto.short_run_augment(planned, 4) is None  # already light
+    assert auto.short_run_augment(None, 4) is None  # nothing was chosen: the user's augmentation stays
+
+
+def test_the_chosen_cnn_flattens_small_glyph_maps_and_runs_channels_last() -> None:
+    glyph = choose(_profile("glyph", side=28))
+    assert glyph.settings["model_kwargs"] == {"head": "flatten"} and glyph.settings["channels_last"] is True
+    for profile in (_profile("glyph", side=48), _profile("photo", channels=3, side=32)):
+        c = choose(profile)
+        assert "model_kwargs" not in c.settings and c.settings["channels_last"] is True  # a max-pooled head
+    given = choose(_profile("glyph"), given={"model_kwargs": {"widths": [8, 16, 32]}, "channels_last": False})
+    assert "model_kwargs" not in given.settings and "channels_last" not in given.settings
+    users = choose(_profile("glyph"), given={"model": "fastnet"})  # the user's model as its builder makes it
+    assert "model_kwargs" not in users.settings and "channels_last" not in users.settings
 
 
 def test_pretrained_backbone_only_for_large_photos_with_weights_here() -> None:
@@ -164,7 +195,8 @@ def test_unbalanced_classes_and_given_settings() -> None:
 def test_fill_auto_leaves_given_and_recipe_settings_alone() -> None:
     cfg, choice = fill_auto(resolve({"dataset": "mnist", "model": "lenet", "epochs": 2}))
     assert cfg.model == "lenet" and cfg.epochs == 2 and "model" not in choice.settings
-    assert cfg.batch_size and cfg.lr and cfg.augment == "translate=2"
+    assert cfg.batch_size and cfg.lr and cfg.augment == "none"  # 2 epochs: a short run, and no flips for digits
+    assert "still fitting" in choice.reasons["augment"]
     recipe, none = fill_auto(resolve({"recipe": "digits"}))  # every setting of the old default run is given
     assert none is None and (recipe.model, recipe.epochs, recipe.augment) == ("lenet", 15, "none")
     assert resolve({"epochs": "auto"}).epochs is None
@@ -182,7 +214,8 @@ def test_a_run_prints_and_records_its_choices_and_resume_keeps_them(tmp_path: Pa
         if state.step == 1:
             os.kill(os.getpid(), signal.SIGINT)
 
-    first = cnnlab.train(dataset=f"folder:{folder}", epochs=2, out=str(out), on_step=stop_after_first_step)
+    first = cnnlab.train(dataset=f"folder:{folder}", epochs=auto.SHIFT_MIN_EPOCHS, out=str(out),
+                         on_step=stop_after_first_step)
     assert first.status == "interrupted"
     printed = capsys.readouterr().out
     line = next(s for s in printed.splitlines() if s.startswith("auto: "))

@@ -28,6 +28,19 @@ def test_the_plan_fits_training_validation_and_test_in_the_budget() -> None:
     assert plan_budget(60, 100, m, has_val=False).epochs == 54  # no validation split: no validation passes
 
 
+def test_the_time_after_the_last_whole_epoch_trains_part_of_one_more() -> None:
+    m = Measured(step_s=0.01, val_s=0.5, test_s=1.0, spent_s=2.0)
+    plan = plan_budget(60, steps_per_epoch=160, m=m)
+    # 54 s free; an epoch is 1.6 + 0.5 = 2.1 s: 25 whole epochs (52.5 s), and 1.5 s left hold a validation pass and
+    # 100 steps of a 26th epoch.
+    assert (plan.epochs, plan.total_steps) == (26, 25 * 160 + 100)
+    assert "25 epochs and 100 steps of one more" in plan.describe()
+    used = m.spent_s + plan.total_steps * m.step_s + plan.epochs * m.val_s + m.test_s
+    assert used <= 60 * (1 - budget.MARGIN) + 1e-9
+    few = plan_budget(60, steps_per_epoch=170, m=Measured(step_s=0.01, val_s=0.5, test_s=1.0, spent_s=2.65))
+    assert (few.epochs, few.total_steps) == (24, 24 * 170)  # 0.5 s left: room for 5 steps only, not worth a pass
+
+
 def test_a_budget_under_one_epoch_plans_part_of_it_and_too_little_is_refused_with_the_minimum() -> None:
     m = Measured(step_s=0.1, val_s=1.0, test_s=2.0, spent_s=1.0)
     plan = plan_budget(20, steps_per_epoch=500, m=m)
@@ -58,15 +71,15 @@ def test_a_budget_run_follows_its_plan_and_reports_it(tmp_path: Path, monkeypatc
     b = run.results["budget"]
     assert b["budget_s"] == 1 and b["steps_per_epoch"] == 8 and b["step_s"] == pytest.approx(0.01)
     assert b["epochs"] == run.results["epochs_run"] == len(run.history) > 1
-    assert b["total_steps"] == b["steps_run"] == 8 * b["epochs"]
+    assert b["total_steps"] == b["steps_run"] and b["epochs"] == -(-b["total_steps"] // 8)
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["config"]["epochs"] == b["epochs"] and config["resolved"]["budget"]["epochs"] == b["epochs"]
     assert run.history[-1]["lr"] < 0.05 * run.history[0]["lr"] or run.history[-1]["lr"] < 1e-4  # it decayed
 
 
 def test_part_of_an_epoch_is_planned_and_decays_to_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.05))  # 50 ms a step: one epoch of 16 steps does not fit in 2 s
-    run = cnnlab.train(budget=2.0, out=str(tmp_path / "r"), **{**RUN, "batch_size": 32})
+    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.05))  # 50 ms a step: one epoch of 32 steps does not fit in 2 s
+    run = cnnlab.train(budget=2.0, out=str(tmp_path / "r"), **{**RUN, "batch_size": 16})
     b = run.results["budget"]
     assert b["epochs"] == 1 and 0 < b["total_steps"] == b["steps_run"] < b["steps_per_epoch"]
     row = run.history[-1]

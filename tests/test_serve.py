@@ -98,6 +98,10 @@ def test_health_model_docs_and_page(client: TestClient, digits_run: Path) -> Non
     info = client.get("/api/model").json()
     assert info["name"] == "lenet" and info["dataset"] == "digits"
     assert info["classes"] == [str(i) for i in range(10)] and info["input_size"] == [1, 28, 28]
+    results = json.loads((digits_run / "results.json").read_text())
+    assert info["test_images"] == results["test_images"] < 1000  # a small test set: its interval goes with it
+    low, high = info["test_acc_ci"]
+    assert (low, high) == (results["test_acc_ci_low"], results["test_acc_ci_high"]) and low < info["test_acc"] < high
     rows = {r["name"]: r for r in info["summary"]["rows"]}
     assert rows["conv1"]["output_shape"] == [6, 28, 28] and rows["conv1"]["formulas"]  # worked-out sizes
     assert info["summary"]["total_params"] == sum(p.numel() for p in load_run(digits_run).model.parameters())

@@ -38,6 +38,7 @@ SMOKE_ARGS: dict[str, list[str] | None] = {
     "folder_cache.py": ["--images", "200", "--rounds", "1"],
     "pretrained_offline.py": ["--seeds", "1", "--per-class", "6", "--epochs", "1", "--only", "feature"],
     "auto_defaults.py": ["--quick", "--folders", "digits", "--threads", "1"],
+    "channels_last.py": ["--steps", "2", "--rounds", "1", "--batches", "16"],
 }
 
 # What a script must print besides its environment line.

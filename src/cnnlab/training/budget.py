@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from cnnlab.data import parse_augment
 from cnnlab.errors import CnnlabError
+from cnnlab.training.auto import short_run_augment
 from cnnlab.training.engine import autocast, set_lr, train_step
 from cnnlab.training.lr_find import batches, preserved
 from cnnlab.training.setup import set_train_mode
@@ -61,29 +63,33 @@ class BudgetPlan:
 
     def describe(self) -> str:
         images = "" if self.step_s <= 0 else f"{1 / self.step_s:,.1f} steps/s measured"
-        length = (f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} ({self.total_steps:,} steps)"
-                  if self.total_steps >= self.steps_per_epoch else
-                  f"{self.total_steps:,} of one epoch's {self.steps_per_epoch:,} steps")
+        whole, rest = divmod(self.total_steps, self.steps_per_epoch)
+        length = (f"{self.total_steps:,} of one epoch's {self.steps_per_epoch:,} steps" if not whole else
+                  f"{whole} epoch{'s' if whole != 1 else ''}" + (f" and {rest:,} steps of one more" if rest else "")
+                  + f" ({self.total_steps:,} steps)")
         return (f"budget {self.budget_s:g} s: {images}; planned {length}, validation ~{self.val_s:.1f} s per "
                 f"epoch, final test ~{self.test_s:.1f} s, the schedule decaying over the planned steps")
 
 
 def plan_budget(budget_s: float, steps_per_epoch: int, m: Measured, *, has_val: bool = True) -> BudgetPlan:
-    """The most epochs (or, below one, steps) whose training, validation and final test fit the budget."""
-    per_epoch = steps_per_epoch * m.step_s + (m.val_s if has_val else 0.0)
+    """The most optimizer steps whose training, validation passes and final test fit the budget: whole epochs, then
+    part of one more where at least MIN_STEPS of it fit (the schedule decays over them all either way)."""
+    val = m.val_s if has_val else 0.0
+    step = max(m.step_s, 1e-12)
     free = budget_s * (1 - MARGIN) - m.spent_s - m.test_s
-    epochs = math.floor(free / per_epoch) if per_epoch > 0 else 0
-    if epochs >= 1:
-        total = epochs * steps_per_epoch
-    else:
-        epochs, total = 1, math.floor((free - (m.val_s if has_val else 0.0)) / max(m.step_s, 1e-12))
+    full = max(0, math.floor(free / (steps_per_epoch * step + val)))
+    rest = min(steps_per_epoch - 1, math.floor((free - full * (steps_per_epoch * step + val) - val) / step))
+    if rest < MIN_STEPS:  # a last epoch of a few steps is not worth its validation pass
+        rest = 0
+    total = full * steps_per_epoch + rest
     if total < MIN_STEPS:
-        needed = (m.spent_s + m.test_s + m.val_s + MIN_STEPS * m.step_s) / (1 - MARGIN)
+        needed = (m.spent_s + m.test_s + val + MIN_STEPS * m.step_s) / (1 - MARGIN)
         raise CnnlabError(f"--budget {budget_s:g}s is too small: {MIN_STEPS} steps ({m.step_s * 1000:.0f} ms each, "
                           f"measured) with a validation pass and the final test need about {math.ceil(needed)} s; "
                           f"give --budget {math.ceil(needed)}s or more")
-    return BudgetPlan(budget_s=budget_s, epochs=epochs, total_steps=int(total), steps_per_epoch=steps_per_epoch,
-                      step_s=m.step_s, val_s=m.val_s if has_val else 0.0, test_s=m.test_s, spent_s=m.spent_s)
+    return BudgetPlan(budget_s=budget_s, epochs=full + (1 if rest else 0), total_steps=int(total),
+                      steps_per_epoch=steps_per_epoch, step_s=m.step_s, val_s=val, test_s=m.test_s,
+                      spent_s=m.spent_s)
 
 
 def measure(job: "Job", budget_s: float, clock: Clock | None = None, already_spent: float = 0.0) -> Measured:
@@ -96,15 +102,17 @@ def measure(job: "Job", budget_s: float, clock: Clock | None = None, already_spe
     with preserved(job.model, job.optimizer, job.scaler, loader):
         set_train_mode(job.net, cfg, 0)
         set_lr(job.optimizer, job.schedule(0))
+        last = clock()
         for i, (x, y) in enumerate(batches(loader, WARMUP_STEPS + timed_max)):
-            t0 = clock()
             loss, _ = train_step(job.model, job.criterion, job.optimizer, x, y, scaler=job.scaler, amp=cfg.amp,
                                  grad_clip=cfg.grad_clip)
             loss.item()  # wait for the device
+            now = clock()  # a step's time includes loading its batch (decoding, augmenting), as training's does
             if i >= WARMUP_STEPS:
-                durations.append(clock() - t0)
-                if len(durations) >= TIMED_STEPS[0] and clock() - start > MEASURE_SHARE * budget_s:
+                durations.append(now - last)
+                if len(durations) >= TIMED_STEPS[0] and now - start > MEASURE_SHARE * budget_s:
                     break
+            last = now
     step_s = sorted(durations)[3 * len(durations) // 4]  # the upper quartile: slower moments come, faster rarely
     image_s = eval_image_seconds(job, clock)
     val_s = image_s * len(job.data.val.targets) if job.data.val is not None else 0.0
@@ -145,12 +153,15 @@ def report(plan: BudgetPlan, state: Any, used_s: float) -> dict[str, Any]:
 
 
 def plan_for_job(job: "Job", clock: Clock | None = None, already_spent: float = 0.0) -> BudgetPlan:
-    """--budget: measure, plan, apply, and say so in one line."""
+    """--budget: measure, plan (again with the lighter augmentation a short run gets), apply, and say so."""
     from cnnlab.training.console import Printer
 
     started = time.monotonic() - already_spent
-    measured = measure(job, job.cfg.budget, clock, already_spent)
-    plan = plan_budget(job.cfg.budget, len(job.data.train), measured, has_val=job.data.val is not None)
+    plan = _plan(job, clock, already_spent)
+    lighter = short_run_augment(job.auto, plan.epochs)
+    if lighter is not None:  # the chooser's shifts would slow a run this short: flips alone, and measure again
+        use_augment(job, lighter)
+        plan = _plan(job, clock, plan.spent_s)
     plan.started = started
     apply_plan(job, plan)
     out = Printer(job.cfg, job.run_dir, job.env.is_main)
@@ -159,3 +170,16 @@ def plan_for_job(job: "Job", clock: Clock | None = None, already_spent: float = 
                  f"of its {plan.steps_per_epoch:,} steps")
     out.note(plan.describe())
     return plan
+
+
+def _plan(job: "Job", clock: Clock | None, already_spent: float) -> BudgetPlan:
+    measured = measure(job, job.cfg.budget, clock, already_spent)
+    return plan_budget(job.cfg.budget, len(job.data.train), measured, has_val=job.data.val is not None)
+
+
+def use_augment(job: "Job", spec: str) -> None:
+    """Train with augmentation `spec` from now on (config.json and the checkpoint record it)."""
+    augment = parse_augment(spec, job.data.info)
+    job.cfg = dataclasses.replace(job.cfg, augment=spec)
+    job.data.augment = augment
+    job.data.train.augment = augment if augment.active else None

@@ -132,7 +132,8 @@ class TrainConfig:
     seed: int = opt(0, "random seed: the same seed gives the same run", valid=Range(0, 2**63, high_open=True))
     deterministic: bool = opt(False, "use only deterministic kernels (slower on GPU)")
     threads: int = opt(0, "CPU threads for torch (0: torch's default)", resume=True, valid=COUNT)
-    channels_last: bool = opt(False, "channels-last memory format (faster convolutions on some hardware)")
+    channels_last: bool | None = opt(None, "channels-last memory format (faster convolutions on some hardware; default: "
+                                           "on for the CNN that --model auto picks, else off)")
     compile: bool = opt(False, "torch.compile the model (pays off on long runs)")
     # ---- when to stop
     target_acc: float | None = opt(None, "stop once validation accuracy reaches this (0.99 or 99)", resume=True,

@@ -176,7 +176,8 @@ class ServedModel:
         return str((getattr(meta, "model", None) or {}).get("name", "model"))
 
     def info(self) -> dict[str, Any]:
-        """Name, classes, input size, where it came from, its test accuracy and its layer summary."""
+        """Name, classes, input size, where it came from, its test accuracy (with its 95% interval and the number of
+        test images it comes from) and its layer summary."""
         config = getattr(self.predictor, "config", None) or {}
         results = getattr(self.predictor, "results", None) or {}
         meta = getattr(self.predictor, "meta", None)  # an exported model carries its dataset in its metadata
@@ -187,6 +188,10 @@ class ServedModel:
             "classes": list(self.classes),
             "input_size": list(self.input_size),
             "test_acc": results.get("test_acc"),
+            "test_acc_ci": ([results["test_acc_ci_low"], results["test_acc_ci_high"]]
+                            if "test_acc_ci_low" in results and "test_acc_ci_high" in results else None),
+            "test_images": results.get("test_images"),
+            "test_balanced_acc": results.get("test_balanced_acc"),
             "can_explain": self._explainer is not None,
             "gradcam_layer": self._cam_layer,
             "summary": self.summary,

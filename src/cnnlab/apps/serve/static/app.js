@@ -47,11 +47,17 @@ function setStatus(id, text) { $(id).textContent = text || ""; }
 
 // ---------------------------------------------------------------- the model
 
+// A small test set's accuracy is uncertain: say how much (the 95% interval the run computed) and from how many.
+function accuracyInterval(m) {
+  if (!m.test_acc_ci || m.test_images == null || m.test_images >= 1000) return "";
+  return ` (95% interval ${pct(m.test_acc_ci[0])} to ${pct(m.test_acc_ci[1])}, ${m.test_images} test images)`;
+}
+
 async function loadModel() {
   const m = await api("/api/model");
   state.model = m;
   const [c, h, w] = m.input_size;
-  const acc = m.test_acc != null ? `, test accuracy ${pct(m.test_acc)}` : "";
+  const acc = m.test_acc != null ? `, test accuracy ${pct(m.test_acc)}${accuracyInterval(m)}` : "";
   $("model-line").textContent =
     `Model: ${m.name}${m.dataset ? ` trained on ${m.dataset}` : ""}, ${m.classes.length} classes, ` +
     `input ${c}x${h}x${w}${acc}.`;
