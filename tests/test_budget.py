@@ -13,7 +13,7 @@ import torch
 
 import cnnlab
 from cnnlab.errors import CnnlabError
-from cnnlab.training import budget
+from cnnlab.training import auto, budget
 from cnnlab.training.budget import Measured, plan_budget
 from cnnlab.training.checkpoint import load_checkpoint
 
@@ -117,3 +117,17 @@ def test_a_budget_too_small_is_one_line(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(budget, "CLOCK", FakeClock(0.5))
     with pytest.raises(CnnlabError, match=r"^--budget 1s is too small: .* give --budget \d+s or more$"):
         cnnlab.train(budget="1s", out=str(tmp_path / "r"), **RUN)
+
+
+def test_a_short_plan_trains_without_the_chosen_shifts_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys) -> None:
+    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.01))
+    run = cnnlab.train(dataset="digits", subset=512, budget="0.6s", threads=1, seed=3, out=str(tmp_path / "r"))
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    epochs = run.results["budget"]["epochs"]
+    assert epochs < auto.SHIFT_MIN_EPOCHS and config["config"]["augment"] == "none"  # digits: no flips either
+    chosen = config["auto"]["chosen"]["augment"]
+    assert chosen["value"] == "none" and f"{epochs} pass" in chosen["reason"]
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("auto: "))
+    assert f"no augmentation (a run of {epochs} epoch" in line and "shifts" not in line
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["config"]["augment"] == "none"
