@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from time_to_accuracy import print_environment_from_a_child
+from _common import print_environment
 
 # mnist_cnn has dropout and augmentation is on: the RNG states and the batch generators must all resume.
 SETTINGS = ["--model", "mnist_cnn", "--dataset", "digits", "--epochs", "6", "--batch-size", "128", "--subset", "900",
@@ -86,7 +86,7 @@ def main() -> None:
     kills = 1 if args.quick else args.kills
     if args.quick:
         SETTINGS.extend(QUICK)  # later flags win
-    print_environment_from_a_child()
+    print_environment()  # in this process: no child's memory is measured here, and fingerprint() needs torch anyway
     with tempfile.TemporaryDirectory(prefix="cnnlab-faults-") as tmp:
         os.environ.setdefault("CNNLAB_CACHE", str(Path(tmp) / "cache"))
         reference = Path(tmp) / "reference"

@@ -94,8 +94,9 @@ def flop_budget(cfg, s) -> dict:
             "eval_flops": eval_flops}
 
 
-def profile_steps(cfg, s, steps: int) -> dict:
-    """CPU seconds per phase over `steps` training steps, then a torch.profiler op table of as many more."""
+def profile_steps(cfg, s, steps: int, warmup: int = 3) -> dict:
+    """CPU seconds per phase over `steps` training steps after `warmup` untimed ones, then a torch.profiler op table
+    of as many more."""
     from cnnlab.training.engine import autocast
 
     model, opt = s.model, s.optimizer
@@ -120,10 +121,11 @@ def profile_steps(cfg, s, steps: int) -> dict:
             for k, v in zip(("data", "forward", "backward", "optimizer"), (c1 - c0, c2 - c1, c3 - c2, c4 - c3)):
                 phases[k] += v
 
-    steps = min(steps, (len(s.data.train) - 3) // 2)  # 3 warm-up steps, then `steps` timed and `steps` profiled
+    steps = min(steps, (len(s.data.train) - warmup) // 2)  # warm-up steps, then `steps` timed and `steps` profiled
     if steps < 1:
-        raise SystemExit(f"{cfg.recipe}: only {len(s.data.train)} batches per epoch; profiling needs at least 5")
-    for _ in range(3):
+        raise SystemExit(f"{cfg.recipe}: only {len(s.data.train)} batches per epoch; profiling needs at least "
+                         f"{warmup + 2}")
+    for _ in range(warmup):
         step(False)
     w0 = time.perf_counter()
     for _ in range(steps):
@@ -149,7 +151,8 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=["fast-mnist", "best-mnist", "fast-fashion"])
     ap.add_argument("--steps", type=int, default=60, help="training steps to time and to profile per recipe")
     ap.add_argument("--threads", type=int, default=0, help="threads for the profiled steps (0: the recipe's)")
-    ap.add_argument("--quick", action="store_true", help="smoke test: small matrices, a few steps")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: small matrices, one warm-up step, one timed and one profiled step")
     args = ap.parse_args()
     all_threads = torch.get_num_threads()
     print_environment()
@@ -191,7 +194,8 @@ def main() -> None:
               f"evaluation {b['eval_flops'] / 1e12:.3f} TFLOP")
         print(f"  floor at the {str(dtype)[6:]} matmul rate with {threads} thread(s) ({rate:.0f} GFLOP/s): "
               f"{floor_s:.2f} s")
-        p = profile_steps(cfg, s, 6 if args.quick else args.steps)
+        # Quick: a step of best-mnist takes about a second here, and the smoke run only shows the script works.
+        p = profile_steps(cfg, s, 1, warmup=1) if args.quick else profile_steps(cfg, s, args.steps)
         per_image_cpu = p["cpu_s"] / p["images"]
         achieved = 6 * b["macs"] / per_image_cpu / 1e9
         epoch_cpu = per_image_cpu * b["train_images"]

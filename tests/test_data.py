@@ -147,6 +147,24 @@ def test_digits_is_bundled_and_split_is_fixed_and_stratified() -> None:
     assert torch.equal(get_dataset("digits", "test").targets, test.targets)
 
 
+def test_scikit_learns_files_read_directly_equal_its_loaders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digits and the sample photos come from scikit-learn's files without importing sklearn.datasets (1.5 s);
+    read so, they are its loaders' arrays, which are still used where the files are not found."""
+    from cnnlab.conv.images import sample_image
+    from cnnlab.data import paths
+    from cnnlab.data.sources import read_digits
+
+    def read() -> list[torch.Tensor]:
+        digits = read_digits(get_dataset_info("digits"), Path("."))
+        return [digits.train_images, digits.train_targets, digits.test_images, digits.test_targets,
+                sample_image("china.jpg"), sample_image("flower.jpg", gray=True, size=64)]
+
+    direct = read()
+    assert paths.sklearn_data_file("data", "digits.csv.gz") is not None  # this scikit-learn has the files
+    monkeypatch.setattr(paths, "sklearn_data_file", lambda *parts: None)
+    assert all(torch.equal(a, b) for a, b in zip(direct, read(), strict=True))
+
+
 def test_pipeline_resizes_digits_to_the_model_input() -> None:
     data = get_dataset("digits", "test")
     pipe = Pipeline.build(1, (3, 28, 28), data.info.mean, data.info.std)

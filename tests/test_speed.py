@@ -23,7 +23,9 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 # A tiny setting per benchmark script, so the smoke test stays short; None: another script runs it.
 SMOKE_ARGS: dict[str, list[str] | None] = {
     "loader_throughput.py": ["--repeats", "1", "--limit", "2000"],
-    "inference_throughput.py": ["--quick"],
+    # fastnet, every backend; lenet's quick run is tests/test_export.py's. One thread, as there: two OpenMP threads
+    # on two cores shared with the rest of the suite stall each other.
+    "inference_throughput.py": ["--quick", "--models", "fastnet", "--threads", "1"],
     "distributed_throughput.py": ["--sections", "cpu", "--repeats", "1", "--epochs", "2", "--dataset", "digits",
                                   "--subset", "256"],
     "time_to_accuracy.py": ["--quick"],  # runs reference_mnist.py too (1 epoch on 1,000 images)

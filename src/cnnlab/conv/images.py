@@ -45,11 +45,20 @@ def load_image(path: str | os.PathLike, gray: bool = False, size: int | None = N
 def sample_image(name: str = "china.jpg", gray: bool = False, size: int | None = None) -> torch.Tensor:
     """A photo bundled with scikit-learn ('china.jpg' or 'flower.jpg') as (1 or 3, H, W) floats in [0, 1]."""
     from PIL import Image
-    from sklearn.datasets import load_sample_image
+
+    from cnnlab.data.paths import sklearn_data_file
 
     if name not in SAMPLE_PHOTOS:
         raise CnnlabError(f"unknown sample photo {name!r}; choose one of {', '.join(SAMPLE_PHOTOS)}")
-    return _from_pil(Image.fromarray(load_sample_image(name)), gray, size)
+    path = sklearn_data_file("images", name)
+    if path is not None:  # the file load_sample_image() reads, read as it does
+        with Image.open(path) as im:
+            pixels = np.asarray(im)
+    else:
+        from sklearn.datasets import load_sample_image
+
+        pixels = load_sample_image(name)
+    return _from_pil(Image.fromarray(pixels), gray, size)
 
 
 def to_gray(image: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -26,3 +27,14 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 def decoded_cache_dir() -> Path:
     """Folder for decoded uint8 tensors (kept apart from the data, which may be read-only)."""
     return user_cache_dir() / "decoded"
+
+
+def sklearn_data_file(*parts: str) -> Path | None:
+    """A file scikit-learn ships under sklearn/datasets/ (its digits, its sample photos), found without importing
+    sklearn.datasets, whose imports (scipy.stats and more) take 1.5 s; None where this scikit-learn has no such file."""
+    spec = importlib.util.find_spec("sklearn")  # a top-level package's spec: nothing is imported
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder, "datasets", *parts)
+        if path.is_file():
+            return path
+    return None

@@ -204,13 +204,20 @@ def read_svhn(info: DatasetInfo, data_dir: Path) -> Arrays:
 
 def read_digits(info: DatasetInfo, data_dir: Path) -> Arrays:
     """scikit-learn's 1,797 8x8 digits (values 0..16 scaled to 0..255), split 80/20, stratified, seed 0."""
-    from sklearn.datasets import load_digits
-
+    from cnnlab.data.paths import sklearn_data_file
     from cnnlab.data.split import stratified_split
 
-    d = load_digits()
-    images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8))[:, None]
-    targets = torch.from_numpy(d.target.astype(np.int64))
+    path = sklearn_data_file("data", "digits.csv.gz")
+    if path is not None:  # the file load_digits() reads, read as it does: 64 pixels and the label per row
+        rows = np.loadtxt(path, delimiter=",")
+        pixels, labels = rows[:, :-1].reshape(-1, 8, 8), rows[:, -1]
+    else:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        pixels, labels = d.images, d.target
+    images = torch.from_numpy(np.round(pixels * (255.0 / 16.0)).astype(np.uint8))[:, None]
+    targets = torch.from_numpy(labels.astype(np.int64))
     train, test = stratified_split(targets, 0.2, seed=0)
     return Arrays(images[train], targets[train], images[test], targets[test])
 

@@ -7,6 +7,7 @@ fit(job, state) -> per epoch: train_one_epoch -> end_of_epoch (validate, metrics
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -216,9 +217,7 @@ def end_of_epoch(job: Job, state: TrainState, finished: bool, out: Printer, tb: 
         with writing(job, job.run_dir / "metrics.jsonl"), open(job.run_dir / "metrics.jsonl", "a",
                                                                    encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        save(job, state, "last")
-        if improved and job.cfg.select != "last":  # "last": best.pt is written once, by finish
-            save(job, state, "best")
+        save_epoch(job, state, improved)
         if tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "epoch":
@@ -227,6 +226,26 @@ def end_of_epoch(job: Job, state: TrainState, finished: bool, out: Printer, tb: 
             probe(job, state)
     out.epoch(row, improved)
     return row
+
+
+def save_epoch(job: Job, state: TrainState, improved: bool) -> None:
+    """last.pt, and best.pt when validation improved ("last": finish writes best.pt). A feature-extraction run keeps
+    best.pt in memory until it ends: each checkpoint holds the whole backbone (45 MB for resnet18) for a head fitted
+    in milliseconds an epoch, and such a run is never resumed (run again, it takes seconds from the cached features)."""
+    best = improved and job.cfg.select != "last"
+    if job.classifier.head is not None:
+        job.kept_best = copy.deepcopy(checkpoint_state(job, state)) if best else job.kept_best
+        return
+    save(job, state, "last")
+    if best:
+        save(job, state, "best")
+
+
+def write_kept_best(job: Job) -> None:
+    """best.pt as a feature-extraction run kept it in memory (nothing when it kept none)."""
+    if job.kept_best is not None:
+        with writing(job, job.run_dir / "checkpoints" / "best.pt"):
+            save_checkpoint(job.kept_best, job.run_dir / "checkpoints" / "best.pt")
 
 
 def is_better(score: float, loss: float, state: TrainState) -> bool:
@@ -259,6 +278,7 @@ def finish(job: Job, state: TrainState, out: Printer) -> dict | None:
     save(job, state, "last")
     if cfg.select == "last":
         save(job, state, "best")
+    write_kept_best(job)
     best_path = job.run_dir / "checkpoints" / "best.pt"
     if best_path.exists():
         job.classifier.load_state_dict(load_checkpoint(best_path, job.device)["state_dict"])
@@ -305,6 +325,7 @@ def interrupted(job: Job, state: TrainState, out: Printer) -> Run:
         m.seen = int(seen)
     if job.env.is_main:
         save(job, state, "last")
+        write_kept_best(job)
     out.interrupted(state)
     shutdown(job.env)
     return Run(job.run_dir, model=job.classifier.module, status="interrupted")

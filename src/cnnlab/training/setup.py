@@ -84,6 +84,7 @@ class Job:
     choices: dict[str, Any] = field(default_factory=dict)  # settings resolved when the run started: value, reason
     budget: Any = None  # the --budget plan it follows (budget.BudgetPlan)
     auto: dict[str, Any] | None = None  # what was chosen from the data, with reasons (training/auto.py)
+    kept_best: dict[str, Any] | None = None  # feature extraction: best.pt's contents, written when the run ends
 
 
 # ---------------------------------------------------------------- the process
