@@ -78,6 +78,11 @@ def kill_and_resume(out: Path, instant: float) -> tuple[bool, str]:
     return code == 0, f"resumed; {since:.2f} s since the last checkpoint"
 
 
+def last_value(args: list[str], flag: str) -> str:
+    """The value the command uses for `flag`: its last one (later flags win)."""
+    return args[len(args) - 1 - args[::-1].index(flag) + 1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=32, help="instants to kill at (default: 32)")
@@ -94,7 +99,7 @@ def main() -> None:
         assert code == 0, "the uninterrupted run failed"
         expected = fingerprint(reference)
         print(f"uninterrupted: {wall:.2f} s wall, test accuracy {expected['test_acc']:.2%}; a checkpoint every "
-              f"{SETTINGS[SETTINGS.index('--checkpoint-every') + 1]} s inside epochs")
+              f"{last_value(SETTINGS, '--checkpoint-every')} s inside epochs")
         identical = 0
         for i in range(kills):
             instant = wall * (i + 0.5) / kills
