@@ -137,6 +137,23 @@ def test_a_short_run_gets_flips_alone_and_a_budget_plan_says_so() -> None:
     assert auto.short_run_augment(None, 4) is None  # nothing was chosen: the user's augmentation stays
 
 
+def test_flip_tta_is_chosen_with_flips_and_only_then() -> None:
+    photos = choose(_profile("photo", channels=3, side=32))
+    assert photos.settings["tta"] == "flip" and "mirror" in photos.reasons["tta"]
+    assert "flips, tested with flip TTA" in photos.line
+    short = choose(_profile("photo", channels=3, side=32, per_class=100), given={"epochs": 2})  # flips alone
+    assert short.settings["augment"] == "flip" and short.settings["tta"] == "flip"
+    for c in (choose(_profile("glyph")), choose(_profile("photo", channels=3, side=32, flip_ok=False)),
+              choose(_profile("photo", channels=3, side=32), given={"tta": "none"}),
+              choose(_profile("photo", channels=3, side=32), given={"augment": "translate=4"})):
+        assert "tta" not in c.settings and "TTA" not in c.line  # left to --tta's own auto rule or given
+    pretrained = choose(_profile("photo", channels=3, side=224, per_class=50), pretrained_available=True)
+    assert pretrained.settings["augment"] == "none" and "tta" not in pretrained.settings
+    features = choose(_profile("photo", channels=3, side=64), given={"model": "resnet18", "input_size": "64x64",
+                                                                      "feature_extraction": True})
+    assert "tta" not in features.settings  # embeddings of the unmirrored images: nothing to mirror at test time
+
+
 def test_the_chosen_cnn_flattens_small_glyph_maps_and_runs_channels_last() -> None:
     glyph = choose(_profile("glyph", side=28))
     assert glyph.settings["model_kwargs"] == {"head": "flatten"} and glyph.settings["channels_last"] is True

@@ -14,8 +14,17 @@ import torch
 import cnnlab
 from cnnlab.errors import CnnlabError
 from cnnlab.training import auto, budget
-from cnnlab.training.budget import Measured, plan_budget
+from cnnlab.training.budget import Measured, plan_budget, revise
 from cnnlab.training.checkpoint import load_checkpoint
+
+REVISE_MIN = budget.REVISE_MIN
+
+
+@pytest.fixture(autouse=True)
+def _plans_as_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These runs measure with a fake clock and train in real time: they follow the plan as made. The revision of
+    a plan from how training ran has its own tests (they turn it back on, with a fake clock of the training)."""
+    monkeypatch.setattr(budget, "REVISE_MIN", float("inf"))
 
 
 def test_the_plan_fits_training_validation_and_test_in_the_budget() -> None:
@@ -131,3 +140,59 @@ def test_a_short_plan_trains_without_the_chosen_shifts_and_says_so(tmp_path: Pat
     line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("auto: "))
     assert f"no augmentation (a run of {epochs} epoch" in line and "shifts" not in line
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["config"]["augment"] == "none"
+
+
+def test_a_plan_is_revised_from_the_speed_training_ran_at(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budget, "REVISE_MIN", REVISE_MIN)
+    m = Measured(step_s=0.01, val_s=0.5, test_s=1.0, spent_s=2.0)
+    plan = plan_budget(60, steps_per_epoch=100, m=m)
+    assert (plan.epochs, plan.total_steps) == (36, 3600)
+    # 10 epochs in, at 5 ms a step: 2 + 10 x (0.5 + 0.5) = 12 s used; 57 - 12 - 1 = 44 s hold 44 more epochs of 1 s.
+    faster = revise(plan, steps_done=1000, epochs_done=10, used_s=12.0)
+    assert faster.step_s == pytest.approx(0.005) and (faster.epochs, faster.total_steps) == (54, 5400)
+    assert faster.revised_from == 3600 and faster.budget_s == 60 and faster.test_s == 1.0
+    # At 20 ms a step: 27 s used; 29 s left hold 11 epochs of 2.5 s, then a validation pass and 50 steps of one more.
+    slower = revise(plan, steps_done=1000, epochs_done=10, used_s=27.0)
+    assert (slower.epochs, slower.total_steps) == (22, 1000 + 1100 + 50)
+    used = 27.0 + (slower.total_steps - 1000) * 0.02 + 12 * 0.5 + 1.0
+    assert used <= 60 * (1 - budget.MARGIN) + 1e-9
+    again = revise(slower, steps_done=1500, epochs_done=15, used_s=2 + 15 * 0.5 + 1500 * 0.01)  # 10 ms a step now
+    assert again.revised_from == 3600 and again.total_steps > slower.total_steps  # the first plan's steps kept
+    # As planned (within REVISE_MIN of it): no revision; a budget spent: the run ends with this epoch.
+    assert revise(plan, 1000, 10, used_s=2 + 10 * 0.5 + 1000 * 0.0101) is None
+    spent = revise(plan, 1000, 10, used_s=56.0)
+    assert (spent.epochs, spent.total_steps) == (10, 1000)
+    assert revise(plan, 3600, 36, used_s=40.0) is None  # the run's end: nothing to revise
+
+
+class TrainingClock:
+    """The budget's clock in a test: each optimizer step (counted by on_step) takes `step_s` seconds."""
+
+    def __init__(self, step_s: float) -> None:
+        self.t, self.step_s = 0.0, step_s
+
+    def __call__(self) -> float:
+        return self.t
+
+    def on_step(self, job, state) -> None:
+        self.t += self.step_s
+
+
+@pytest.mark.parametrize("step_s", [0.005, 0.03])
+def test_a_run_that_trains_faster_or_slower_than_measured_is_replanned(
+        step_s: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setattr(budget, "REVISE_MIN", REVISE_MIN)
+    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.01))  # measured: 10 ms a step
+    clock = TrainingClock(step_s)
+    monkeypatch.setattr(budget, "NOW", clock)
+    run = cnnlab.train(budget="1s", out=str(tmp_path / "r"), on_step=clock.on_step, **{**RUN, "quiet": False})
+    b = run.results["budget"]
+    first = b["revised_from"]
+    assert first > 0 and (b["total_steps"] > first if step_s < 0.01 else b["total_steps"] < first)
+    assert b["steps_run"] == b["total_steps"] and b["epochs_run"] == b["epochs"] == len(run.history)
+    assert b["within"] and b["used_s"] <= 1.0
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["config"]["epochs"] == b["epochs"] and config["resolved"]["budget"]["total_steps"] == b["total_steps"]
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["budget"]["total_steps"] == b["total_steps"]
+    out = capsys.readouterr().out
+    assert "re-planned from" in out and f"({first:,} steps planned at the start)" in out

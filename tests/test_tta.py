@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from cnnlab.data import get_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.training.evaluation import evaluate_run
 from cnnlab.training.run import load_run
-from cnnlab.training.tta import check_tta, dataset_flip_ok, with_tta
+from cnnlab.training.tta import check_tta, dataset_flip_ok, resolve_tta, with_tta
 
 
 def test_flip_tta_makes_the_outputs_mirror_invariant() -> None:
@@ -83,3 +84,17 @@ def test_a_run_tested_with_flip_tta_answers_alike_in_train_eval_predict_and_serv
     for p in reply.json()["predictions"]:
         served[p["index"]] = p["probability"]
     assert torch.allclose(served, both[0], atol=1e-5)  # the server gives the same mirror-averaged answer
+
+
+def test_tta_auto_tests_with_mirrors_exactly_where_training_mirrored(data_dir: Path, tmp_path: Path,
+                                                                     digits_run: Path) -> None:
+    assert resolve_tta("auto", True) == "flip" and resolve_tta("auto", False) == "none"
+    assert resolve_tta("auto", True, feature_extraction=True) == "none"  # features computed once, unmirrored
+    assert resolve_tta("none", True) == "none" and resolve_tta("flip", False) == "flip"  # given: kept (then checked)
+    common = dict(model="lenet", dataset="fashion-mnist", subset=600, epochs=1, seed=0, quiet=True)
+    for augment, tta in (("flip", "flip"), ("translate=2", "none")):
+        out = tmp_path / augment
+        run = cnnlab.train(augment=augment, out=str(out), **common)  # --tta auto, the default
+        config = json.loads((out / "config.json").read_text())["config"]
+        assert run.results["tta"] == config["tta"] == tta, augment
+    assert json.loads((digits_run / "results.json").read_text())["tta"] == "none"  # digits: no flips, no mirrors

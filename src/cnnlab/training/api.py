@@ -10,7 +10,7 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 from cnnlab.models.weights import offline_weights_available
 from cnnlab.training.auto import PRETRAINED_BACKBONE, AutoChoice, fill_auto
-from cnnlab.training.budget import BudgetPlan, apply_plan, plan_for_job
+from cnnlab.training.budget import apply_plan, plan_for_job, resumed_plan
 from cnnlab.training.checkpoint import find_checkpoint, load_checkpoint
 from cnnlab.training.config import RESUMABLE, TrainConfig, resolve
 from cnnlab.training.lr_find import use_suggestion
@@ -85,7 +85,7 @@ def resume(run: str | Path, on_step: OnStep | None = None, **overrides: Any) -> 
     job = build(cfg, run_dir=run_dir)  # the checkpoint's resolved settings: nothing is chosen again
     job.auto = ckpt.get("auto") if isinstance(ckpt.get("auto"), dict) else None
     if ckpt.get("budget") and "epochs" not in overrides:  # the plan made at the start (--epochs N: train longer)
-        apply_plan(job, BudgetPlan(**ckpt["budget"], started=time.monotonic()))
+        apply_plan(job, resumed_plan(ckpt["budget"]))
     try:
         return fit(job, restore(job, ckpt), on_step=on_step, resumed=True)
     finally:

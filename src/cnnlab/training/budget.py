@@ -1,7 +1,9 @@
 """`--budget`: plan a run's length (epochs, the schedule's steps) so that training, its validation passes and the
 final test end inside a time budget, from the speed measured on the first steps.
 
-measure (a few steps and evaluation batches, then every state restored) -> plan_budget (pure arithmetic) -> apply.
+measure (a few steps and evaluation batches, then every state restored) -> plan_budget (pure arithmetic) -> apply,
+then after each epoch `revise` (pure arithmetic again) re-plans the rest from how training actually ran: a few steps
+measured right after start-up can be 20% off either way (the planned steps ended 23 s or 34 s into a 30 s budget).
 The plan is saved in the checkpoint, so a resumed run follows it instead of measuring again.
 """
 
@@ -27,11 +29,14 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]
 CLOCK: Clock = time.perf_counter  # what measures; tests put a fake clock here
+NOW: Clock = time.monotonic  # what the budget's seconds are counted by (a fake one in tests)
 WARMUP_STEPS = 3  # untimed: the first steps allocate and pick kernels
 TIMED_STEPS = (5, 30)  # at least, at most; as many as fit in MEASURE_SHARE of the budget
 MEASURE_SHARE = 0.03
 MARGIN = 0.05  # of the budget kept free: checkpoints, printing, a slower moment
 MIN_STEPS = 10  # a plan with fewer optimizer steps is refused
+REVISE_MIN = 0.03  # a revision that changes the planned steps by less than this share is not made (the schedule
+# bends at each one)
 
 
 @dataclass
@@ -56,19 +61,23 @@ class BudgetPlan:
     val_s: float
     test_s: float
     spent_s: float
-    started: float = field(default=0.0, repr=False)  # time.monotonic() when planning began, in this process
+    revised_from: int = 0  # the steps first planned, when the plan was revised from how training ran (0: never)
+    started: float = field(default=0.0, repr=False)  # NOW() when planning began, in this process
+    revisable: bool = field(default=False, repr=False)  # planned by this process (a resumed run follows its plan)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "started"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("started", "revisable")}
 
     def describe(self) -> str:
         images = "" if self.step_s <= 0 else f"{1 / self.step_s:,.1f} steps/s measured"
-        whole, rest = divmod(self.total_steps, self.steps_per_epoch)
-        length = (f"{self.total_steps:,} of one epoch's {self.steps_per_epoch:,} steps" if not whole else
-                  f"{whole} epoch{'s' if whole != 1 else ''}" + (f" and {rest:,} steps of one more" if rest else "")
-                  + f" ({self.total_steps:,} steps)")
-        return (f"budget {self.budget_s:g} s: {images}; planned {length}, validation ~{self.val_s:.1f} s per "
+        return (f"budget {self.budget_s:g} s: {images}; planned {self.length()}, validation ~{self.val_s:.1f} s per "
                 f"epoch, final test ~{self.test_s:.1f} s, the schedule decaying over the planned steps")
+
+    def length(self) -> str:
+        whole, rest = divmod(self.total_steps, self.steps_per_epoch)
+        return (f"{self.total_steps:,} of one epoch's {self.steps_per_epoch:,} steps" if not whole else
+                f"{whole} epoch{'s' if whole != 1 else ''}" + (f" and {rest:,} steps of one more" if rest else "")
+                + f" ({self.total_steps:,} steps)")
 
 
 def plan_budget(budget_s: float, steps_per_epoch: int, m: Measured, *, has_val: bool = True) -> BudgetPlan:
@@ -90,6 +99,42 @@ def plan_budget(budget_s: float, steps_per_epoch: int, m: Measured, *, has_val: 
     return BudgetPlan(budget_s=budget_s, epochs=full + (1 if rest else 0), total_steps=int(total),
                       steps_per_epoch=steps_per_epoch, step_s=m.step_s, val_s=val, test_s=m.test_s,
                       spent_s=m.spent_s)
+
+
+def revise(plan: BudgetPlan, steps_done: int, epochs_done: int, used_s: float) -> BudgetPlan | None:
+    """At the end of epoch `epochs_done`, `used_s` seconds into the budget: the plan for the rest of the run, its
+    steps at the speed training ran (its seconds less the measurement's and the validation passes', per step); it
+    ends with this epoch where not even MIN_STEPS more fit. None where the steps would change by under REVISE_MIN."""
+    if not 0 < steps_done < plan.total_steps or epochs_done <= 0:
+        return None
+    step_s = (used_s - plan.spent_s - epochs_done * plan.val_s) / steps_done
+    if step_s <= 0:
+        return None
+    try:
+        rest = plan_budget(plan.budget_s, plan.steps_per_epoch,
+                           Measured(step_s=step_s, val_s=plan.val_s, test_s=plan.test_s, spent_s=used_s))
+        more, more_epochs = rest.total_steps, rest.epochs
+    except CnnlabError:  # the budget is spent: the weights so far (best or last), not a run past its end
+        more, more_epochs = 0, 0
+    total = steps_done + more
+    if abs(total - plan.total_steps) < max(MIN_STEPS, REVISE_MIN * plan.total_steps):
+        return None
+    return dataclasses.replace(plan, epochs=epochs_done + more_epochs, total_steps=total, step_s=step_s,
+                               revised_from=plan.revised_from or plan.total_steps)
+
+
+def revise_job(job: "Job", steps_done: int, epochs_done: int, out: Any) -> BudgetPlan | None:
+    """`revise` a plan this process made (a resumed run follows its plan), apply the revision and say so on `out`
+    (a console Printer)."""
+    plan = job.budget
+    if plan is None or not plan.revisable:
+        return None
+    revised = revise(plan, steps_done, epochs_done, used_s(plan))
+    if revised is not None:
+        apply_plan(job, revised)
+        out.note(f"budget {plan.budget_s:g} s: training ran at {1 / revised.step_s:,.1f} steps/s (planned at "
+                 f"{1 / plan.step_s:,.1f}): re-planned from {plan.length()} to {revised.length()}")
+    return revised
 
 
 def measure(job: "Job", budget_s: float, clock: Clock | None = None, already_spent: float = 0.0) -> Measured:
@@ -145,6 +190,16 @@ def apply_plan(job: "Job", plan: BudgetPlan) -> None:
     job.budget = plan
 
 
+def resumed_plan(saved: dict[str, Any]) -> BudgetPlan:
+    """A checkpoint's plan, followed as it is by a resumed run (its seconds counted from now)."""
+    return BudgetPlan(**saved, started=NOW())
+
+
+def used_s(plan: BudgetPlan) -> float:
+    """Seconds since planning began (or the run was resumed)."""
+    return NOW() - plan.started
+
+
 def report(plan: BudgetPlan, state: Any, used_s: float) -> dict[str, Any]:
     """results.json's "budget": the plan, what ran, and the seconds used from planning (or resuming) to the
     results."""
@@ -152,17 +207,23 @@ def report(plan: BudgetPlan, state: Any, used_s: float) -> dict[str, Any]:
             "within": used_s <= plan.budget_s}
 
 
+def summary(b: dict[str, Any]) -> str:
+    """The line a run ends with: its report's seconds used for what."""
+    return (f"budget {b['budget_s']:g} s: {b['used_s']:.1f} s used for {b['steps_run']:,} steps "
+            f"({b['epochs_run']} epoch{'s' if b['epochs_run'] != 1 else ''}), validation and the test"
+            + (f" ({b['revised_from']:,} steps planned at the start)" if b.get("revised_from") else ""))
+
+
 def plan_for_job(job: "Job", clock: Clock | None = None, already_spent: float = 0.0) -> BudgetPlan:
     """--budget: measure, plan (again with the lighter augmentation a short run gets), apply, and say so."""
     from cnnlab.training.console import Printer
 
-    started = time.monotonic() - already_spent
     plan = _plan(job, clock, already_spent)
     lighter = short_run_augment(job.auto, plan.epochs)
     if lighter is not None:  # the chooser's shifts would slow a run this short: flips alone, and measure again
         use_augment(job, lighter)
         plan = _plan(job, clock, plan.spent_s)
-    plan.started = started
+    plan.started, plan.revisable = NOW() - plan.spent_s, True  # its seconds count from the measurement's start
     apply_plan(job, plan)
     out = Printer(job.cfg, job.run_dir, job.env.is_main)
     if plan.total_steps < plan.steps_per_epoch:

@@ -16,6 +16,7 @@ from cnnlab.training.schedule import SCHEDULES
 
 # Torch-free, so that building the command line imports no torch.
 TTA_MODES = ("none", "flip")  # test-time augmentation (see tta.py)
+TTA_CHOICES = ("auto",) + TTA_MODES  # a run's: auto is flip when its training mirrors images
 CLASS_WEIGHTS = ("auto", "none", "balanced")  # weights of the classes in the training loss (see loss.py)
 SELECT_MODES = ("auto", "best", "last")  # the weights a run keeps (see runner.is_better)
 AUTO_WORD = ("epochs", "batch_size")  # number settings for which "auto" means unset (chosen from the data)
@@ -96,8 +97,9 @@ class TrainConfig:
     augment: str = opt("auto", "augmentation: none, e.g. 'translate=2,flip,cutout=8,degrees=10', or auto: chosen "
                                "from the data (shifts scaled to the image size; flips only for photo-like images)")
     normalize: bool = opt(True, "subtract the dataset mean and divide by its std (off: pixels in [0, 1])")
-    tta: str = opt("none", "test-time augmentation of the final test: none, or flip (the mean of each image's "
-                           "outputs and its mirror's; only where mirroring keeps the label)", choices=TTA_MODES)
+    tta: str = opt("auto", "test-time augmentation of the final test: none, or flip (the mean of each image's "
+                           "outputs and its mirror's; only where mirroring keeps the label); auto: flip when the "
+                           "training augmentation mirrors images, else none", choices=TTA_CHOICES)
     # ---- optimization
     epochs: int | None = opt(None, "passes over the training split (default: auto, from a target number of "
                                    "optimizer steps)", resume=True, valid=AT_LEAST_1)
@@ -292,7 +294,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.feature_extraction and cfg.unfreeze_after:
         raise CnnlabError("--feature-extraction fits the head on fixed embeddings, so nothing can be unfrozen; "
                           "drop --unfreeze-after, or fine-tune with --freeze-backbone --unfreeze-after N instead")
-    if cfg.feature_extraction and cfg.tta != "none":
+    if cfg.feature_extraction and cfg.tta == "flip":
         raise CnnlabError("--feature-extraction tests the head on cached embeddings of the unmirrored images; "
                           "drop --tta")
     if cfg.nproc > 1 and (cfg.lr == "auto" or cfg.budget):

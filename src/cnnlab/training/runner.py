@@ -114,8 +114,8 @@ def run_epochs(job: Job, state: TrainState, stop: StopFlag, out: Printer, tb: An
     The rules are checked before each epoch, so a run resumed after one of them stopped it (and killed before it
     wrote its results) trains no further: it does what the uninterrupted run did.
     """
-    cfg = job.cfg
-    while state.epoch < cfg.epochs:
+    while state.epoch < job.cfg.epochs:  # job.cfg: a --budget plan may be revised after each epoch
+        cfg = job.cfg
         reason = stop_reason(cfg, state) if state.meter is None else None
         if reason:
             out.note(f"stopping: {reason}")
@@ -213,6 +213,8 @@ def end_of_epoch(job: Job, state: TrainState, finished: bool, out: Printer, tb: 
         state.best_acc, state.best_loss, state.best_epoch, state.bad_epochs = score, loss, state.epoch, 0
     else:
         state.bad_epochs += 1
+    if finished and budget.revise_job(job, state.step, state.epoch, out) and env.is_main:
+        write_config(job)  # the revised epochs; before the checkpoint, so a resume follows the revised plan
     if env.is_main:
         with writing(job, job.run_dir / "metrics.jsonl"), open(job.run_dir / "metrics.jsonl", "a",
                                                                    encoding="utf-8") as f:
@@ -296,10 +298,8 @@ def finish(job: Job, state: TrainState, out: Printer) -> dict | None:
         **job.results_extra,
     }
     if job.budget is not None:
-        results["budget"] = budget.report(job.budget, state, time.monotonic() - job.budget.started)
-        b = results["budget"]
-        out.note(f"budget {b['budget_s']:g} s: {b['used_s']:.1f} s used for {b['steps_run']:,} steps "
-                 f"({b['epochs_run']} epoch{'s' if b['epochs_run'] != 1 else ''}), validation and the test")
+        results["budget"] = budget.report(job.budget, state, budget.used_s(job.budget))
+        out.note(budget.summary(results["budget"]))
     with writing(job, job.run_dir / "curves.png"):
         draw_curves(state.history, job.run_dir / "curves.png", state.best_epoch)
     # results.json last: its presence says the run is complete (a resume finishes a run killed before it).

@@ -63,6 +63,7 @@ class BudgetSchema(BaseModel):
     val_s: Seconds
     test_s: Seconds
     spent_s: Seconds
+    revised_from: Annotated[int, Field(ge=0)] = 0
 
 
 class CheckpointSchema(BaseModel):

@@ -22,6 +22,14 @@ def check_tta(mode: str, flip_ok: bool, dataset: str = "this dataset") -> str:
     return mode
 
 
+def resolve_tta(mode: str, trains_on_mirrors: bool, feature_extraction: bool = False) -> str:
+    """A run's test-time augmentation: --tta auto is flip when training mirrors the images (the labels survive a
+    mirror and the network has learned both), none otherwise (and for features computed once, unmirrored)."""
+    if mode != "auto":
+        return mode
+    return "flip" if trains_on_mirrors and not feature_extraction else "none"
+
+
 def dataset_flip_ok(name: str | None) -> bool:
     """Whether mirroring keeps the labels of a dataset known by name (your own folders, or no name: assumed)."""
     if not name or name.startswith("folder:"):
