@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 import re
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 
 def torchvision_version() -> str:
     """torchvision's version as its build names it (0.29.1+cu130), without importing it where it is not loaded yet:
     its import takes 2 s here, and most benchmarks (and `cnnlab train`) never need it."""
-    if "torchvision" not in sys.modules:
-        spec = importlib.util.find_spec("torchvision")
-        for folder in (spec.submodule_search_locations or []) if spec else []:
-            try:
-                text = (Path(folder) / "version.py").read_text()
-            except OSError:
-                continue
-            if found := re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", text, re.M):
-                return found.group(1)
+    from cnnlab.data.paths import package_file
+
+    path = package_file("torchvision", "version.py") if "torchvision" not in sys.modules else None
+    found = re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", path.read_text(), re.M) if path else None
+    if found:
+        return found.group(1)
     import torchvision
 
     return torchvision.__version__

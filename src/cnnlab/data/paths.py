@@ -29,12 +29,17 @@ def decoded_cache_dir() -> Path:
     return user_cache_dir() / "decoded"
 
 
-def sklearn_data_file(*parts: str) -> Path | None:
-    """A file scikit-learn ships under sklearn/datasets/ (its digits, its sample photos), found without importing
-    sklearn.datasets, whose imports (scipy.stats and more) take 1.5 s; None where this scikit-learn has no such file."""
-    spec = importlib.util.find_spec("sklearn")  # a top-level package's spec: nothing is imported
+def package_file(package: str, *parts: str) -> Path | None:
+    """A file inside an installed top-level package, found without importing it; None where there is none."""
+    spec = importlib.util.find_spec(package)  # a top-level package's spec: nothing is imported
     for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(folder, "datasets", *parts)
+        path = Path(folder, *parts)
         if path.is_file():
             return path
     return None
+
+
+def sklearn_data_file(*parts: str) -> Path | None:
+    """A file scikit-learn ships under sklearn/datasets/ (its digits, its sample photos), found without importing
+    sklearn.datasets, whose imports (scipy.stats and more) take 1.5 s; None where this scikit-learn has no such file."""
+    return package_file("sklearn", "datasets", *parts)

@@ -200,11 +200,11 @@ def used_s(plan: BudgetPlan) -> float:
     return NOW() - plan.started
 
 
-def report(plan: BudgetPlan, state: Any, used_s: float) -> dict[str, Any]:
-    """results.json's "budget": the plan, what ran, and the seconds used from planning (or resuming) to the
-    results."""
-    return {**plan.to_dict(), "steps_run": state.step, "epochs_run": state.epoch, "used_s": round(used_s, 2),
-            "within": used_s <= plan.budget_s}
+def report(plan: BudgetPlan, state: Any) -> dict[str, Any]:
+    """results.json's "budget": the plan, what ran, and the seconds used from planning (or resuming) to now."""
+    used = used_s(plan)
+    return {**plan.to_dict(), "steps_run": state.step, "epochs_run": state.epoch, "used_s": round(used, 2),
+            "within": used <= plan.budget_s}
 
 
 def summary(b: dict[str, Any]) -> str:

@@ -298,7 +298,7 @@ def finish(job: Job, state: TrainState, out: Printer) -> dict | None:
         **job.results_extra,
     }
     if job.budget is not None:
-        results["budget"] = budget.report(job.budget, state, budget.used_s(job.budget))
+        results["budget"] = budget.report(job.budget, state)
         out.note(budget.summary(results["budget"]))
     with writing(job, job.run_dir / "curves.png"):
         draw_curves(state.history, job.run_dir / "curves.png", state.best_epoch)

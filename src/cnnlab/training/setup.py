@@ -207,7 +207,6 @@ def build_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> RunData:
     pipeline = Pipeline.build(info.channels, input_size, *normalization(cfg, info, input_size),
                               domain=training_domain(train))
     augment = parse_augment(cfg.augment, info)
-    check_tta(resolve_tta(cfg.tta, augment.flip), info.flip_ok, info.name)
     common = dict(device=device, channels_last=cfg.channels_last, num_workers=cfg.num_workers)
     return RunData(
         train=BatchLoader(train, cfg.batch_size, pipeline, augment=augment, shuffle=True,
@@ -337,7 +336,8 @@ def build(cfg: TrainConfig, run_dir: Path | None = None) -> Job:
     device, env = start_process(cfg)
     cfg = dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, device))  # what ran is what config.json records
     data = build_data(cfg, env, device)
-    cfg = dataclasses.replace(cfg, tta=resolve_tta(cfg.tta, data.augment.flip, cfg.feature_extraction))
+    tta = resolve_tta(cfg.tta, data.augment.flip, cfg.feature_extraction)  # auto: flip where training mirrors
+    cfg = dataclasses.replace(cfg, tta=check_tta(tta, data.info.flip_ok, data.info.name))
     net, model = build_model(cfg, data, env, device)
     _, single = output_classes(cfg, len(data.info.classes))
     criterion, weights_why = build_criterion(cfg, data, single)
