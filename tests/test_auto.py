@@ -15,6 +15,7 @@ from PIL import Image
 
 import cnnlab
 from cnnlab.data.profile import DataProfile, pixel_kind, profile_dataset
+from cnnlab.errors import CnnlabError
 from cnnlab.training import auto
 from cnnlab.training.auto import choose, fill_auto, planned_epochs
 from cnnlab.training.checkpoint import load_checkpoint
@@ -27,6 +28,11 @@ def _profile(kind="glyph", channels=1, side=28, per_class=800, classes=10, val=N
     val = round(0.1 * n) if val is None else val
     return DataProfile("folder:x", channels, (side, side), False, classes, per, n - val, val, kind, "synthetic",
                        flip_ok, {})
+
+
+def _full(c) -> str:
+    """The whole augmentation chosen: what a run with validation adds once it memorizes, else what it starts with."""
+    return c.settings.get("augment_on_overfit") or c.settings["augment"]
 
 
 def _glyphs(n: int, size: int = 28, seed: int = 0) -> np.ndarray:
@@ -98,10 +104,11 @@ def test_glyphs_get_fastnet_shifts_and_never_flips() -> None:
     for side in (8, 28, 40, 64, 200):
         for n in (50, 800):
             c = choose(_profile("glyph", side=side, per_class=n))
-            assert "flip" not in c.settings["augment"], (side, n)
+            assert "flip" not in c.settings["augment"] + c.settings.get("augment_on_overfit", ""), (side, n)
     c = choose(_profile("glyph", side=28, per_class=800))
     assert c.settings["model"] == "fastnet" and c.settings["input_size"] == "1x28x28"
-    assert c.settings["augment"] == "translate=2"
+    assert (c.settings["augment"], c.settings["augment_on_overfit"]) == ("none", "translate=2")
+    assert "no augmentation until it memorizes its training images, then shifts of 2 px, no flips" in c.line
     assert "no flips (glyph-like images: a mirror can change the class; --augment translate=2,flip to allow)" in c.line
     assert c.line.startswith("auto: fastnet at 1x28x28 (a linear head over its last map), ") and "shifts of 2 px" in c.line
     assert "mirror" in c.reasons["augment"]
@@ -109,13 +116,13 @@ def test_glyphs_get_fastnet_shifts_and_never_flips() -> None:
 
 def test_photos_get_flips_and_strengths_scaled_to_the_size() -> None:
     small = choose(_profile("photo", channels=3, side=32))
-    assert small.settings["augment"] == "translate=4,jitter=0.1,flip" and small.settings["input_size"] == "3x32x32"
+    assert _full(small) == "translate=4,jitter=0.1,flip" and small.settings["input_size"] == "3x32x32"
     large = choose(_profile("photo", channels=3, side=500, per_class=100))  # 31 epochs at 64 px: shifts pay
     assert large.settings["input_size"] == "3x64x64" and large.settings["augment"] == "translate=8,jitter=0.1,flip"
     gray = choose(_profile("photo", channels=1, side=20, per_class=70, classes=2))
     assert gray.settings["input_size"] == "1x28x28" and "flip" in gray.settings["augment"]
     no_mirror = choose(_profile("photo", channels=3, side=32, flip_ok=False))  # e.g. house numbers
-    assert "flip" not in no_mirror.settings["augment"] and "labels change when mirrored" in no_mirror.line
+    assert "flip" not in _full(no_mirror) and "labels change when mirrored" in no_mirror.line
 
 
 def test_a_short_run_gets_flips_alone_and_a_budget_plan_says_so() -> None:
@@ -124,10 +131,10 @@ def test_a_short_run_gets_flips_alone_and_a_budget_plan_says_so() -> None:
     short = choose(_profile("photo", channels=3, side=32, per_class=100), given={"epochs": auto.SHIFT_MIN_EPOCHS - 1})
     assert short.settings["augment"] == "flip" and "still fitting" in short.reasons["augment"]
     assert "flips (a short run)" in short.line
-    glyphs = choose(_profile("glyph", per_class=6000))  # 54,000 images: the compute budget allows 3 epochs
+    glyphs = choose(_profile("glyph", per_class=6000, val=0))  # 60,000 images: the compute budget allows 3 epochs
     assert glyphs.settings["epochs"] == auto.MIN_EPOCHS and glyphs.settings["augment"] == "none"
     # Under --budget the epochs are planned later, from the measured speed: the plan's length decides then.
-    planned = choose(_profile("glyph", per_class=6000), given={"budget": 30.0}).to_dict()
+    planned = choose(_profile("glyph", per_class=6000, val=0), given={"budget": 30.0}).to_dict()
     assert planned["chosen"]["augment"]["value"] == "translate=2"
     assert auto.short_run_augment(json.loads(json.dumps(planned)), auto.SHIFT_MIN_EPOCHS) is None
     assert auto.short_run_augment(planned, 4) == "none"
@@ -135,6 +142,36 @@ def test_a_short_run_gets_flips_alone_and_a_budget_plan_says_so() -> None:
     assert "no augmentation (a run of 4 epochs)" in planned["line"] and "shifts" not in planned["line"]
     assert auto.short_run_augment(planned, 4) is None  # already light
     assert auto.short_run_augment(None, 4) is None  # nothing was chosen: the user's augmentation stays
+
+
+def test_a_run_with_validation_adds_shifts_once_it_memorizes() -> None:
+    watched = choose(_profile("glyph", per_class=800))  # 800 validation images: the run can watch itself
+    assert (watched.settings["augment"], watched.settings["augment_on_overfit"]) == ("none", "translate=2")
+    assert "memorizes" in watched.reasons["augment"] and "800 validation images" in watched.reasons["augment_on_overfit"]
+    photos = choose(_profile("photo", channels=3, side=32))
+    assert (photos.settings["augment"], photos.settings["augment_on_overfit"]) == ("flip", "translate=4,jitter=0.1,flip")
+    # No validation to watch (none, or too few images to keep): the run's length decides, as before.
+    for profile in (_profile("glyph", per_class=800, val=0), _profile("glyph", per_class=100, val=100)):
+        c = choose(profile)
+        assert "augment_on_overfit" not in c.settings and c.settings["augment"] == "translate=2"
+    assert "augment_on_overfit" not in choose(_profile("glyph"), given={"augment": "translate=1"}).settings
+    given = choose(_profile("glyph"), given={"augment_on_overfit": "translate=3"})  # the user's, from a light start
+    assert given.settings["augment"] == "none" and "augment_on_overfit" not in given.settings
+    # Under --budget the plan's length no longer lightens anything: the start is already light.
+    assert auto.short_run_augment(choose(_profile("glyph", per_class=800), given={"budget": 30.0}).to_dict(), 4) is None
+
+
+def test_memorizing_is_training_error_under_half_the_validation_error_early_enough() -> None:
+    fits = auto.fits_beyond_validation
+    assert fits(0.99, 0.98, 4, 10) and not fits(0.985, 0.98, 4, 10)  # 1% vs 2%: half; 1.5%: not
+    assert fits(1.0, 0.5, 1, 2) and not fits(1.0, 0.5, 6, 10)  # in the first half of the run only
+    assert not fits(0.5, 1.0, 1, 10) and not fits(1.0, 1.0, 1, 10)  # validation error 0: nothing to regularise
+    # Fashion-MNIST's 54,000 images, 10 epochs with flips (training / validation error per epoch, measured): the
+    # network never memorizes them, while MNIST's does by epoch 4 (benchmarks/README.md).
+    fashion = [(21.54, 14.50), (12.99, 12.04), (11.85, 12.04), (10.15, 10.84), (9.41, 10.78), (8.71, 10.54)]
+    mnist = [(7.78, 2.02), (1.44, 1.70), (1.24, 1.54), (0.79, 1.58), (0.49, 1.18)]
+    assert not any(fits(1 - t / 100, 1 - v / 100, e, 10) for e, (t, v) in enumerate(fashion, 1))
+    assert [e for e, (t, v) in enumerate(mnist, 1) if fits(1 - t / 100, 1 - v / 100, e, 10)] == [4, 5]
 
 
 def test_flip_tta_is_chosen_with_flips_and_only_then() -> None:
@@ -212,7 +249,10 @@ def test_unbalanced_classes_and_given_settings() -> None:
 def test_fill_auto_leaves_given_and_recipe_settings_alone() -> None:
     cfg, choice = fill_auto(resolve({"dataset": "mnist", "model": "lenet", "epochs": 2}))
     assert cfg.model == "lenet" and cfg.epochs == 2 and "model" not in choice.settings
-    assert cfg.batch_size and cfg.lr and cfg.augment == "none"  # 2 epochs: a short run, and no flips for digits
+    assert cfg.batch_size and cfg.lr and cfg.augment == "none"  # no flips for digits; shifts once it memorizes
+    assert cfg.augment_on_overfit == "translate=2" and "memorizes" in choice.reasons["augment_on_overfit"]
+    cfg, choice = fill_auto(resolve({"dataset": "mnist", "model": "lenet", "epochs": 2, "val_size": 0}))
+    assert cfg.augment == "none" and not cfg.augment_on_overfit  # no validation to watch: 2 epochs are a short run
     assert "still fitting" in choice.reasons["augment"]
     recipe, none = fill_auto(resolve({"recipe": "digits"}))  # every setting of the old default run is given
     assert none is None and (recipe.model, recipe.epochs, recipe.augment) == ("lenet", 15, "none")
@@ -250,6 +290,56 @@ def test_a_run_prints_and_records_its_choices_and_resume_keeps_them(tmp_path: Pa
     same = [k for k in config["config"] if k != "quiet"]  # --quiet may change on a resume
     assert [after["config"][k] for k in same] == [config["config"][k] for k in same] and after["auto"] == config["auto"]
     assert load_checkpoint(out / "checkpoints" / "last.pt")["config"]["batch_size"] == chosen["batch_size"]["value"]
+
+
+def test_a_run_switches_to_its_overfit_augmentation_and_a_resume_keeps_it(tmp_path: Path, capsys,
+                                                                          monkeypatch) -> None:
+    from cnnlab.training import adapt
+
+    seen = []
+    monkeypatch.setattr(adapt, "fits_beyond_validation", lambda t, v, epoch, epochs: seen.append(epoch) or epoch == 2)
+    out = tmp_path / "run"
+
+    def stop_in_epoch_3(job, state):
+        if state.epoch == 2 and job.data.train.position == 1:
+            assert job.data.train.augment is not None and job.data.train.augment.translate == 1
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = cnnlab.train(dataset="digits", subset=400, val_size=0.3, epochs=4, batch_size=32,
+                         augment_on_overfit="translate=1", out=str(out), on_step=stop_in_epoch_3)
+    assert first.status == "interrupted" and seen == [1, 2]
+    assert "from epoch 3: --augment translate=1 (the network memorizes" in capsys.readouterr().out
+    rows = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("augment_added") for r in rows] == [None, "translate=1"]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["config"]["augment"], config["config"]["augment_on_overfit"]) == ("translate=1", "")
+    assert config["auto"]["chosen"]["augment"]["value"] == "none"  # what it started with
+    resumed = cnnlab.train(resume=str(out), quiet=True)
+    assert resumed.status == "completed" and seen == [1, 2]  # nothing left to watch
+    assert json.loads((out / "config.json").read_text())["config"]["augment"] == "translate=1"
+
+
+def test_a_real_run_memorizing_its_images_adds_the_shifts(data_dir: Path, tmp_path: Path) -> None:
+    run = cnnlab.train(dataset="mnist", data_dir=str(data_dir), subset=1000, val_size=300, epochs=8,
+                       out=str(tmp_path / "r"), quiet=True)
+    rows = [json.loads(s) for s in (run.path / "metrics.jsonl").read_text().splitlines()]
+    added = [r for r in rows if r.get("augment_added")]
+    assert len(added) == 1 and added[0]["augment_added"] == "translate=2" and added[0]["epoch"] <= 4
+    assert 1 - added[0]["train_acc"] <= auto.FIT_RATIO * (1 - added[0]["val_acc"])
+    before = rows[: added[0]["epoch"] - 1]
+    assert all(1 - r["train_acc"] > auto.FIT_RATIO * (1 - r["val_acc"]) for r in before)
+    assert json.loads((run.path / "config.json").read_text())["config"]["augment"] == "translate=2"
+
+
+def test_augment_on_overfit_needs_a_validation_split_and_a_valid_spec(tmp_path: Path) -> None:
+    with pytest.raises(CnnlabError, match="watches the validation split"):
+        cnnlab.train(dataset="digits", subset=200, val_size=0, epochs=1, augment_on_overfit="translate=1",
+                     out=str(tmp_path / "a"))
+    with pytest.raises(CnnlabError, match="translate"):
+        cnnlab.train(dataset="digits", subset=200, epochs=1, augment_on_overfit="translate=x", out=str(tmp_path / "b"))
+    with pytest.raises(CnnlabError, match="augment-on-overfit"):
+        resolve({"feature_extraction": True, "model": "resnet18", "augment_on_overfit": "flip"})
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_json_mode_sends_the_choice_as_an_event(tmp_path: Path, capsys) -> None:

@@ -96,6 +96,11 @@ class TrainConfig:
                       valid=COUNT)
     augment: str = opt("auto", "augmentation: none, e.g. 'translate=2,flip,cutout=8,degrees=10', or auto: chosen "
                                "from the data (shifts scaled to the image size; flips only for photo-like images)")
+    augment_on_overfit: str = opt("", "augmentation to train with from the epoch after the network memorizes its "
+                                      "training images (its training error at most half its validation error, in the "
+                                      "first half of the run), e.g. 'translate=2'; empty: none; with --augment auto "
+                                      "and a validation split of 300 images or more: the shifts (crops, jitter) auto "
+                                      "chose, while training starts with flips alone")
     normalize: bool = opt(True, "subtract the dataset mean and divide by its std (off: pixels in [0, 1])")
     tta: str = opt("auto", "test-time augmentation of the final test: none, or flip (the mean of each image's "
                            "outputs and its mirror's; only where mirroring keeps the label); auto: flip when the "
@@ -252,8 +257,8 @@ def add_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
 
 def _metavar(name: str, kind: type) -> str:
     return {"model": "NAME", "dataset": "NAME", "recipe": "NAME", "out": "DIR", "resume": "RUN", "data_dir": "DIR",
-            "runs_dir": "DIR", "input_size": "CxHxW", "augment": "SPEC", "weights": "WEIGHTS", "lr": "LR|auto",
-            "budget": "TIME"}.get(
+            "runs_dir": "DIR", "input_size": "CxHxW", "augment": "SPEC", "augment_on_overfit": "SPEC",
+            "weights": "WEIGHTS", "lr": "LR|auto", "budget": "TIME"}.get(
         name, {int: "N", float: "X", str: "TEXT", dict: "JSON"}[kind]
     )
 
@@ -297,6 +302,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.feature_extraction and cfg.tta == "flip":
         raise CnnlabError("--feature-extraction tests the head on cached embeddings of the unmirrored images; "
                           "drop --tta")
+    if cfg.feature_extraction and cfg.augment_on_overfit:
+        raise CnnlabError("--feature-extraction computes the features once from the unchanged images: nothing can be "
+                          "augmented; drop --augment-on-overfit")
     if cfg.nproc > 1 and (cfg.lr == "auto" or cfg.budget):
         raise CnnlabError("--lr auto and --budget measure one process; run `cnnlab lr-find` (or a short run) first, "
                           "then give --nproc N with --lr VALUE and --epochs N")

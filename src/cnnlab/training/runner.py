@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 from cnnlab.data import take
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_save, atomic_write_json, atomic_write_text
-from cnnlab.training import budget, metrics
+from cnnlab.training import adapt, budget, metrics
 from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.training.console import Printer
 from cnnlab.training.distributed import shutdown, weights_digest
@@ -213,8 +213,8 @@ def end_of_epoch(job: Job, state: TrainState, finished: bool, out: Printer, tb: 
         state.best_acc, state.best_loss, state.best_epoch, state.bad_epochs = score, loss, state.epoch, 0
     else:
         state.bad_epochs += 1
-    if finished and budget.revise_job(job, state.step, state.epoch, out) and env.is_main:
-        write_config(job)  # the revised epochs; before the checkpoint, so a resume follows the revised plan
+    if finished and adapt.after_epoch(job, state, row, out) and env.is_main:
+        write_config(job)  # an added augmentation, revised epochs: before the checkpoint, so a resume follows them
     if env.is_main:
         with writing(job, job.run_dir / "metrics.jsonl"), open(job.run_dir / "metrics.jsonl", "a",
                                                                    encoding="utf-8") as f:

@@ -336,6 +336,7 @@ def build(cfg: TrainConfig, run_dir: Path | None = None) -> Job:
     device, env = start_process(cfg)
     cfg = dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, device))  # what ran is what config.json records
     data = build_data(cfg, env, device)
+    check_augment_on_overfit(cfg.augment_on_overfit, data)
     tta = resolve_tta(cfg.tta, data.augment.flip, cfg.feature_extraction)  # auto: flip where training mirrors
     cfg = dataclasses.replace(cfg, tta=check_tta(tta, data.info.flip_ok, data.info.name))
     net, model = build_model(cfg, data, env, device)
@@ -346,6 +347,16 @@ def build(cfg: TrainConfig, run_dir: Path | None = None) -> Job:
                criterion=criterion, class_weights_why=weights_why,
                optimizer=build_optimizer(cfg, net), scaler=torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16"),
                schedule=build_schedule(cfg, len(data.train)), data=data, run_dir=run_dir, lock=lock)
+
+
+def check_augment_on_overfit(spec: str, data: RunData) -> None:
+    """A spec for --augment-on-overfit is checked when the run starts, not when its network memorizes."""
+    if not spec:
+        return
+    parse_augment(spec, data.info)
+    if data.val is None:
+        raise CnnlabError("--augment-on-overfit watches the validation split, and this run has none (--val-size 0, "
+                          "or a split too small to keep); give the augmentation as --augment SPEC instead")
 
 
 def describe(job: Job) -> dict[str, Any]:
