@@ -1,6 +1,7 @@
 """What a run changes about itself after an epoch: the augmentation it adds once its network memorizes its training
 images (--augment-on-overfit), and a --budget plan re-made from the speed training runs at (budget.revise_job).
-Both are decided from the finished epochs alone, so a resumed run takes the same decisions."""
+The augmentation is decided from the finished epochs alone, so a resumed run decides alike (a resumed --budget run
+follows its plan unrevised: budget.resumed_plan)."""
 
 from __future__ import annotations
 
