@@ -35,7 +35,7 @@ def test_every_help_ends_with_examples_and_says_each_default_once(command: str, 
     examples = blocks[-1].splitlines()[1:]
     assert examples and all(line.strip().startswith(("cnnlab ", "curl ")) for line in examples)
     flat = " ".join(text.split())
-    assert "(default: None)" not in flat
+    assert "(default: None)" not in flat and "(default: )" not in flat
     assert not re.search(r"\(default: [^)]*\)[^(]{0,3}\(default:", flat), flat
 
 

@@ -247,7 +247,7 @@ def add_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
         choices = f.metadata["choices"]
         shown = json.dumps(default) if kind is dict else default
         said = [f"one of {', '.join(choices)}"] if choices else []
-        if default is not None and "(default:" not in help_text:  # a help line may say its default in words
+        if default not in (None, "") and "(default:" not in help_text:  # a help line may say its default in words
             said.append(f"default: {shown}")
         as_text = kind is dict or f.metadata["words"] or f.metadata["parse"] or name in AUTO_WORD  # coerce() reads them
         parser.add_argument(flag, dest=name, default=None, choices=choices, type=str if as_text else kind,
