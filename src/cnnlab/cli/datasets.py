@@ -111,8 +111,9 @@ def show_augmented(args: argparse.Namespace) -> int:
     from cnnlab.viz.style import FIGURES_DIR
 
     choice = choose(profile_dataset(args.show, args.data_dir))
-    chosen = "augment_on_overfit" if "augment_on_overfit" in choice.settings else "augment"  # the whole of it
-    spec = choice.settings[chosen] if args.augment == "auto" else args.augment
+    later = args.augment == "auto" and "augment_on_overfit" in choice.settings  # the rest, added once it memorizes
+    chosen = "augment_on_overfit" if later else "augment"
+    spec, why = (choice.settings[chosen], choice.reasons[chosen]) if args.augment == "auto" else (args.augment, "given")
     side = int(choice.settings.get("input_size", "1x64x64").split("x")[-1])
     data = get_dataset(args.show, args.split, args.data_dir, download=args.download, image_size=(side, side))
     augment = parse_augment(spec, data.info)
@@ -124,13 +125,11 @@ def show_augmented(args: argparse.Namespace) -> int:
         x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
     g = torch.Generator().manual_seed(0)
     draws = [augment(x, g) for _ in range(3)]
-    why = choice.reasons[chosen] if args.augment == "auto" else "given"
     title = textwrap.fill(f"{args.show}: augment {spec} ({why})", width=max(40, 14 * n))
     fig = plot_augmented(x, draws, [data.classes[int(t)] for t in targets], title)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", args.show.rstrip("/").split("/")[-1] or "folder")
     out = args.out or FIGURES_DIR / f"{stem}-augmented.png"
     save_figure(fig, out)
-    later = args.augment == "auto" and chosen == "augment_on_overfit"
     print(f"wrote {out}: {n} {args.split} images of {args.show} above 3 draws of --augment {spec}"
           + (" (what training adds once the network memorizes its images)" if later else ""))
     return 0

@@ -30,14 +30,14 @@ def add_on_overfit(job: "Job", row: dict[str, Any], out: "Printer") -> bool:
     spec = job.cfg.augment_on_overfit
     if not spec:
         return False
-    fits = row.get("val_acc") is not None and fits_beyond_validation(row["train_acc"], row["val_acc"], row["epoch"],
-                                                                      job.cfg.epochs)
+    validated = row.get("val_acc") is not None  # rank 0's row
+    fits = validated and fits_beyond_validation(row["train_acc"], row["val_acc"], row["epoch"], job.cfg.epochs)
     if not job.env.broadcast([float(fits)], job.device)[0]:
         return False
     budget.use_augment(job, spec)
     job.cfg = dataclasses.replace(job.cfg, augment_on_overfit="")  # done: a resume goes on with `spec`
     row["augment_added"] = spec
-    if row.get("val_acc") is not None:  # rank 0 says why
+    if validated:  # rank 0 says why
         out.note(f"from epoch {row['epoch'] + 1}: --augment {spec} (the network memorizes its training images: "
                  f"after epoch {row['epoch']}, its training error {1 - row['train_acc']:.2%} is at most "
                  f"{FIT_RATIO:.0%} of its validation error {1 - row['val_acc']:.2%})")

@@ -254,7 +254,7 @@ def _tta(c: AutoChoice, given: Mapping[str, Any], augment: str) -> None:
 
 
 def short_run_spec(spec: str) -> str:
-    """What of an augmentation spec a short run keeps: its flips."""
+    """What of an augmentation spec a short run, or a run before it memorizes, keeps: its flips."""
     return "flip" if "flip" in spec.split(",") else "none"
 
 
