@@ -25,6 +25,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
 TIMEOUT_MS = 30_000  # a loaded 2-core machine: waits are generous, and end as soon as the element is there
 
+pytestmark = pytest.mark.slow  # a real browser and a real server: the slow tier
+
 
 @pytest.fixture(scope="module")
 def server(digits_run: Path) -> Iterator[BackgroundServer]:

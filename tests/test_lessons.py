@@ -174,6 +174,7 @@ def test_lesson_is_committed_clean_and_complete(path: Path) -> None:
         assert claim.said is None or claim.said in text, f"{path.name} no longer says {claim.said!r}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number", range(1, 7))
 def test_lesson_runs_and_keeps_its_promises(number: int, executed) -> None:
     result = executed(number)
@@ -246,6 +247,7 @@ def test_open_refuses_a_missing_lesson_in_one_line(tmp_path: Path, capsys: pytes
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_docs_site_builds_strict_from_the_executed_lessons(executed, tmp_path: Path) -> None:
     for number in range(1, 7):
         executed(number)
