@@ -67,6 +67,7 @@ def recipe_setup(name: str, quick: bool):
     import tempfile
 
     from cnnlab.training.config import resolve
+    from cnnlab.training.plan import Plan
     from cnnlab.training.setup import build
 
     scratch = tempfile.mkdtemp(prefix="cnnlab-floor-")
@@ -75,7 +76,7 @@ def recipe_setup(name: str, quick: bool):
     if quick:
         settings |= {"subset": 2000, "epochs": 1}
     cfg = resolve(settings)
-    return cfg, build(cfg)
+    return cfg, build(Plan(cfg))
 
 
 def flop_budget(cfg, s) -> dict:

@@ -36,11 +36,12 @@ def timed_splits(*a, **k):
     print(f"DATA {time.perf_counter() - t:.4f}", flush=True)
     return out
 setup.load_splits = timed_splits
-def on_step(job, state):
-    print(f"STEP {time.time():.4f}", flush=True)
-    os._exit(0)
+class FirstStep(cnnlab.Callback):
+    def on_step_end(self, step, loss):
+        print(f"STEP {time.time():.4f}", flush=True)
+        os._exit(0)
 cnnlab.train(dataset=sys.argv[1], model="fastnet", epochs=1, seed=0, quiet=True, out=sys.argv[2],
-             subset=int(sys.argv[3]), on_step=on_step)
+             subset=int(sys.argv[3]), callbacks=[FirstStep()])
 """
 FLOOR = "import time, cnnlab.training, torch, torch._dynamo; print(f'STEP {time.time():.4f}', flush=True)"
 

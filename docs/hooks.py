@@ -24,7 +24,7 @@ from mkdocs.structure.files import File, Files
 ROOT = Path(__file__).resolve().parent.parent
 # Relative links of the repository's Markdown files -> where those pages are on the site.
 LINKS = {"docs/ARCHITECTURE.md": "ARCHITECTURE.md", "benchmarks/README.md": "benchmarks.md",
-         "SECURITY.md": "security.md", "lessons/": "lessons/index.md"}
+         "SECURITY.md": "security.md", "lessons/": "lessons/index.md", "docs/callbacks.md": "callbacks.md"}
 HELP_COLUMNS = "100"  # argparse wraps help text to the terminal; the reference is generated at one fixed width
 
 

@@ -10,6 +10,7 @@ what to put where.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -119,3 +120,14 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = cnnlab.train(recipe="digits", epochs=4, seed=0, out=str(out), quiet=True)
     assert run.results["test_acc"] > 0.85
     return out
+
+
+class SignalAt:
+    """A callback that sends this process a real signal (Ctrl-C unless told otherwise) after the given step."""
+
+    def __init__(self, step: int, sig: int = signal.SIGINT) -> None:
+        self.step, self.sig = step, sig
+
+    def on_step_end(self, step: int, loss: float) -> None:
+        if step == self.step:
+            os.kill(os.getpid(), self.sig)

@@ -25,6 +25,7 @@ def app(digits_run: Path):
     return create_app(digits_run)
 
 
+@pytest.mark.slow
 def test_every_operation_conforms_to_its_own_schema(app) -> None:
     """Schema-valid requests (and the mutations schemathesis makes of them), 60 per operation: a documented status
     code, a body that fits the schema, never a server error."""

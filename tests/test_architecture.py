@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = SRC / "cnnlab"
 
@@ -164,6 +166,7 @@ def test_the_public_names_are_functions_not_modules() -> None:
     assert out == "[]"
 
 
+@pytest.mark.slow
 def test_training_in_a_host_process_leaves_it_alone(tmp_path: Path) -> None:
     """cnnlab.train() in someone's notebook: no child process, the collector on, their thread count kept."""
     out = _fresh(f"""
@@ -171,9 +174,11 @@ def test_training_in_a_host_process_leaves_it_alone(tmp_path: Path) -> None:
         import cnnlab
         torch.set_num_threads(1)
         seen = set()
-        def watch(job, state):
-            seen.add((gc.isenabled(), torch.get_num_threads(), len(multiprocessing.active_children())))
-        cnnlab.train(recipe="digits", epochs=2, subset=300, out={str(tmp_path / "run")!r}, quiet=True, on_step=watch)
+        class Watch(cnnlab.Callback):
+            def on_step_end(self, step, loss):
+                seen.add((gc.isenabled(), torch.get_num_threads(), len(multiprocessing.active_children())))
+        cnnlab.train(recipe="digits", epochs=2, subset=300, out={str(tmp_path / "run")!r}, quiet=True,
+                     callbacks=[Watch()])
         children = [p for p in os.listdir("/proc") if p.isdigit() and
                     open(f"/proc/{{p}}/stat").read().split()[3] == str(os.getpid())]
         print(sorted(seen), gc.isenabled(), torch.get_num_threads(), children)

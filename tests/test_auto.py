@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SignalAt
 from PIL import Image
 
 import cnnlab
@@ -137,10 +138,13 @@ def test_a_short_run_gets_flips_alone_and_a_budget_plan_says_so() -> None:
     planned = choose(_profile("glyph", per_class=6000, val=0), given={"budget": 30.0}).to_dict()
     assert planned["chosen"]["augment"]["value"] == "translate=2"
     assert auto.short_run_augment(json.loads(json.dumps(planned)), auto.SHIFT_MIN_EPOCHS) is None
-    assert auto.short_run_augment(planned, 4) == "none"
-    assert planned["chosen"]["augment"]["value"] == "none" and "4 passes" in planned["chosen"]["augment"]["reason"]
-    assert "no augmentation (a run of 4 epochs)" in planned["line"] and "shifts" not in planned["line"]
-    assert auto.short_run_augment(planned, 4) is None  # already light
+    before = json.loads(json.dumps(planned))
+    spec, lighter = auto.short_run_augment(planned, 4)
+    assert planned == before  # the chooser's record is copied, never changed in place
+    assert spec == "none" and lighter["chosen"]["augment"]["value"] == "none"
+    assert "4 passes" in lighter["chosen"]["augment"]["reason"]
+    assert "no augmentation (a run of 4 epochs)" in lighter["line"] and "shifts" not in lighter["line"]
+    assert auto.short_run_augment(lighter, 4) is None  # already light
     assert auto.short_run_augment(None, 4) is None  # nothing was chosen: the user's augmentation stays
 
 
@@ -267,12 +271,8 @@ def test_a_run_prints_and_records_its_choices_and_resume_keeps_them(tmp_path: Pa
     folder = _folder(tmp_path / "glyphs", _glyphs(80))
     out = tmp_path / "run"
 
-    def stop_after_first_step(job, state):
-        if state.step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-
     first = cnnlab.train(dataset=f"folder:{folder}", epochs=auto.SHIFT_MIN_EPOCHS, out=str(out),
-                         on_step=stop_after_first_step)
+                         callbacks=[SignalAt(1)])
     assert first.status == "interrupted"
     printed = capsys.readouterr().out
     line = next(s for s in printed.splitlines() if s.startswith("auto: "))
@@ -294,20 +294,29 @@ def test_a_run_prints_and_records_its_choices_and_resume_keeps_them(tmp_path: Pa
 
 def test_a_run_switches_to_its_overfit_augmentation_and_a_resume_keeps_it(tmp_path: Path, capsys,
                                                                           monkeypatch) -> None:
-    from cnnlab.training import adapt
+    from cnnlab.training import callbacks
 
     seen = []
-    monkeypatch.setattr(adapt, "fits_beyond_validation", lambda t, v, epoch, epochs: seen.append(epoch) or epoch == 2)
+    monkeypatch.setattr(callbacks, "fits_beyond_validation",
+                        lambda t, v, epoch, epochs: seen.append(epoch) or epoch == 2)
     out = tmp_path / "run"
 
-    def stop_in_epoch_3(job, state):
-        if state.epoch == 2 and job.data.train.position == 1:
-            assert job.data.train.augment is not None and job.data.train.augment.translate == 1
-            os.kill(os.getpid(), signal.SIGINT)
+    class StopInEpoch3(cnnlab.Callback):
+        augment = None  # the training augmentation epoch 3's first step ran with
 
+        def on_train_begin(self, run) -> None:
+            self.run = run
+
+        def on_step_end(self, step: int, loss: float) -> None:
+            if self.run.state.epoch == 2 and self.run.data.train.position == 1:
+                self.augment = self.run.data.train.augment
+                os.kill(os.getpid(), signal.SIGINT)
+
+    stop = StopInEpoch3()
     first = cnnlab.train(dataset="digits", subset=400, val_size=0.3, epochs=4, batch_size=32,
-                         augment_on_overfit="translate=1", out=str(out), on_step=stop_in_epoch_3)
+                         augment_on_overfit="translate=1", out=str(out), callbacks=[stop])
     assert first.status == "interrupted" and seen == [1, 2]
+    assert stop.augment is not None and stop.augment.translate == 1
     assert "from epoch 3: --augment translate=1 (the network memorizes" in capsys.readouterr().out
     rows = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("augment_added") for r in rows] == [None, "translate=1"]
@@ -319,6 +328,7 @@ def test_a_run_switches_to_its_overfit_augmentation_and_a_resume_keeps_it(tmp_pa
     assert json.loads((out / "config.json").read_text())["config"]["augment"] == "translate=1"
 
 
+@pytest.mark.slow
 def test_a_real_run_memorizing_its_images_adds_the_shifts(data_dir: Path, tmp_path: Path) -> None:
     run = cnnlab.train(dataset="mnist", data_dir=str(data_dir), subset=1000, val_size=300, epochs=8,
                        out=str(tmp_path / "r"), quiet=True)
@@ -373,15 +383,15 @@ def test_datasets_show_augment_draws_what_training_sees(tmp_path: Path, capsys) 
 
 
 def test_large_photos_get_the_pretrained_backbone_where_its_weights_are_here(tmp_path: Path, monkeypatch) -> None:
-    from cnnlab.training import api
+    from cnnlab.training import prepare
 
     folder = _folder(tmp_path / "photos", _photos(24, size=128), classes=2)
     cfg = resolve({"dataset": f"folder:{folder}"})
-    monkeypatch.setattr(api, "offline_weights_available", lambda name: False)
-    assert api.settle(cfg)[0].model == auto.SCRATCH_MODEL  # no weights here: trained from scratch
+    monkeypatch.setattr(prepare, "offline_weights_available", lambda name: False)
+    assert prepare.settle(cfg)[0].model == auto.SCRATCH_MODEL  # no weights here: trained from scratch
     monkeypatch.undo()
-    assert api.offline_weights_available(auto.PRETRAINED_BACKBONE)  # the test extra installs them
-    settled, choice = api.settle(cfg)
+    assert prepare.offline_weights_available(auto.PRETRAINED_BACKBONE)  # the test extra installs them
+    settled, choice = prepare.settle(cfg)
     assert (settled.model, settled.weights, settled.feature_extraction) == (auto.PRETRAINED_BACKBONE, "DEFAULT", True)
     assert "(ImageNet features)" in choice.line
     run = cnnlab.train(dataset=f"folder:{folder}", epochs=1, out=str(tmp_path / "run"), quiet=True)

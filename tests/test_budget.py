@@ -4,16 +4,15 @@ the planned length, the plan in results.json and in the checkpoint, followed as 
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import SignalAt
 
 import cnnlab
 from cnnlab.errors import CnnlabError
-from cnnlab.training import auto, budget
+from cnnlab.training import auto, budget, prepare
 from cnnlab.training.budget import Measured, plan_budget, revise
 from cnnlab.training.checkpoint import load_checkpoint
 
@@ -75,7 +74,7 @@ RUN = dict(model="lenet", dataset="digits", subset=512, batch_size=64, lr=3e-3, 
 
 def test_a_budget_run_follows_its_plan_and_reports_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Each clock reading 10 ms after the last: a step "takes" 10 ms, evaluation 10 ms per batch of 1000 at most.
-    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.01))
+    monkeypatch.setattr(prepare, "CLOCK", FakeClock(0.01))
     run = cnnlab.train(budget="1s", out=str(tmp_path / "r"), **RUN)
     b = run.results["budget"]
     assert b["budget_s"] == 1 and b["steps_per_epoch"] == 8 and b["step_s"] == pytest.approx(0.01)
@@ -87,7 +86,7 @@ def test_a_budget_run_follows_its_plan_and_reports_it(tmp_path: Path, monkeypatc
 
 
 def test_part_of_an_epoch_is_planned_and_decays_to_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.05))  # 50 ms a step: one epoch of 32 steps does not fit in 2 s
+    monkeypatch.setattr(prepare, "CLOCK", FakeClock(0.05))  # 50 ms a step: one epoch of 32 steps does not fit in 2 s
     run = cnnlab.train(budget=2.0, out=str(tmp_path / "r"), **{**RUN, "batch_size": 16})
     b = run.results["budget"]
     assert b["epochs"] == 1 and 0 < b["total_steps"] == b["steps_run"] < b["steps_per_epoch"]
@@ -95,25 +94,17 @@ def test_part_of_an_epoch_is_planned_and_decays_to_the_end(tmp_path: Path, monke
     assert row.get("partial") and row["lr"] < 0.1 * 3e-3  # the one-cycle ran its whole course in those steps
 
 
-def _stop_after(step: int):
-    def on_step(job, state):
-        if state.step == step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    return on_step
-
-
 def test_resume_follows_the_saved_plan_bit_for_bit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.01))
+    monkeypatch.setattr(prepare, "CLOCK", FakeClock(0.01))
     whole = cnnlab.train(budget="1s", out=str(tmp_path / "a"), **RUN)
-    cnnlab.train(budget="1s", out=str(tmp_path / "b"), on_step=_stop_after(13), **RUN)  # in the second epoch
+    cnnlab.train(budget="1s", out=str(tmp_path / "b"), callbacks=[SignalAt(13)], **RUN)  # in the second epoch
     ckpt = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     assert ckpt["status"] == "interrupted" and ckpt["budget"]["total_steps"] == whole.results["budget"]["total_steps"]
 
     def refuse(*args, **kwargs):
         raise AssertionError("a resume measured again")
 
-    monkeypatch.setattr(budget, "measure", refuse)
+    monkeypatch.setattr(prepare, "measure", refuse)
     resumed = cnnlab.train(resume=str(tmp_path / "b"), quiet=True)
     assert resumed.results["budget"]["epochs"] == whole.results["budget"]["epochs"]
     a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["state_dict"]
@@ -123,14 +114,14 @@ def test_resume_follows_the_saved_plan_bit_for_bit(tmp_path: Path, monkeypatch: 
 
 
 def test_a_budget_too_small_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.5))
+    monkeypatch.setattr(prepare, "CLOCK", FakeClock(0.5))
     with pytest.raises(CnnlabError, match=r"^--budget 1s is too small: .* give --budget \d+s or more$"):
         cnnlab.train(budget="1s", out=str(tmp_path / "r"), **RUN)
 
 
 def test_a_short_plan_trains_without_the_chosen_shifts_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys) -> None:
-    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.01))
+    monkeypatch.setattr(prepare, "CLOCK", FakeClock(0.01))
     run = cnnlab.train(dataset="digits", subset=512, budget="0.6s", threads=1, seed=3, out=str(tmp_path / "r"))
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     epochs = run.results["budget"]["epochs"]
@@ -166,7 +157,7 @@ def test_a_plan_is_revised_from_the_speed_training_ran_at(monkeypatch: pytest.Mo
 
 
 class TrainingClock:
-    """The budget's clock in a test: each optimizer step (counted by on_step) takes `step_s` seconds."""
+    """The budget's clock in a test: each optimizer step (a callback counts them) takes `step_s` seconds."""
 
     def __init__(self, step_s: float) -> None:
         self.t, self.step_s = 0.0, step_s
@@ -174,7 +165,7 @@ class TrainingClock:
     def __call__(self) -> float:
         return self.t
 
-    def on_step(self, job, state) -> None:
+    def on_step_end(self, step: int, loss: float) -> None:
         self.t += self.step_s
 
 
@@ -182,10 +173,10 @@ class TrainingClock:
 def test_a_run_that_trains_faster_or_slower_than_measured_is_replanned(
         step_s: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setattr(budget, "REVISE_MIN", REVISE_MIN)
-    monkeypatch.setattr(budget, "CLOCK", FakeClock(0.01))  # measured: 10 ms a step
+    monkeypatch.setattr(prepare, "CLOCK", FakeClock(0.01))  # measured: 10 ms a step
     clock = TrainingClock(step_s)
     monkeypatch.setattr(budget, "NOW", clock)
-    run = cnnlab.train(budget="1s", out=str(tmp_path / "r"), on_step=clock.on_step, **{**RUN, "quiet": False})
+    run = cnnlab.train(budget="1s", out=str(tmp_path / "r"), callbacks=[clock], **{**RUN, "quiet": False})
     b = run.results["budget"]
     first = b["revised_from"]
     assert first > 0 and (b["total_steps"] > first if step_s < 0.01 else b["total_steps"] < first)

@@ -146,6 +146,7 @@ def test_conv_size_through_the_installed_entry_point() -> None:
     assert done.stdout.rstrip().endswith("= 28")
 
 
+@pytest.mark.slow
 def test_the_command_exits_with_mains_code_all_output_and_exit_handlers_run(capsys) -> None:
     """`entry()` leaves with os._exit: the exit code, buffered output and atexit handlers must survive that."""
     assert main(["models"]) == 0

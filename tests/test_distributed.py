@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import SignalAt
 
 import cnnlab
 from cnnlab.cli.main import build_parser, main
@@ -107,6 +108,7 @@ def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_same_global_batch(two_rank_run: dict, tmp_path: Path,
                                                                 one_thread: dict) -> None:
     (run_dir,) = two_rank_run["runs"]
@@ -123,6 +125,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_rank_run: d
     assert config["resolved"]["steps_per_epoch"] == one.checkpoint["distributed"]["steps_per_epoch"]
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_and_prints(two_rank_run: dict) -> None:
     work, runs = two_rank_run["work"], two_rank_run["runs"]
     assert "WRITE BY RANK" not in two_rank_run["output"], two_rank_run["output"][-3000:]
@@ -141,6 +144,7 @@ def test_only_rank_0_writes_and_prints(two_rank_run: dict) -> None:
     assert f"run folder: {Path('runs') / run_dir.name}" in out
 
 
+@pytest.mark.slow
 def test_final_weights_are_identical_on_every_rank(two_rank_run: dict) -> None:
     (run_dir,) = two_rank_run["runs"]
     digests = json.loads((run_dir / "results.json").read_text())["weights_sha1_by_rank"]
@@ -148,6 +152,7 @@ def test_final_weights_are_identical_on_every_rank(two_rank_run: dict) -> None:
     assert len(digests) == 2 and digests[0] == digests[1] == weights_digest(final)
 
 
+@pytest.mark.slow
 def test_a_two_process_checkpoint_resumes_in_one_process(two_rank_run: dict, tmp_path: Path,
                                                          one_thread: dict) -> None:
     run_dir = tmp_path / "run"
@@ -189,6 +194,7 @@ def test_ranks_see_interleaved_shares_and_resume_maps_positions(tmp_path: Path) 
     assert resume_position(old, steps_per_epoch=40, global_batch=32) == (7, {"epoch": 0, "batch": 7})
 
 
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_job_with_an_error_naming_it(tmp_path: Path) -> None:
     mark = uuid.uuid4().hex
     cmd = [sys.executable, "-m", "cnnlab", "train", "--nproc", "2", "--epochs", "10000", "--json",
@@ -201,13 +207,11 @@ def test_a_killed_rank_ends_the_job_with_an_error_naming_it(tmp_path: Path) -> N
                 break
         pid = _rank_pid(mark, rank=1)
         os.kill(pid, signal.SIGKILL)
-        t0 = time.perf_counter()
-        code = proc.wait(timeout=90)
-        waited = time.perf_counter() - t0
+        code = proc.wait(timeout=90)  # the other rank must not wait for the dead one for ever
         output = proc.stdout.read()
     finally:
         proc.kill()
-    assert code != 0 and waited < 90
+    assert code != 0
     assert f"error: the training job failed: rank 1 (pid {pid}, local rank 1) was killed by SIGKILL" in output, \
         output[-3000:]
 
@@ -257,11 +261,8 @@ def test_nproc_under_torchrun_must_match_its_processes(monkeypatch) -> None:
 
 def test_sigterm_stops_like_ctrl_c_and_saves(tmp_path: Path, one_thread: dict) -> None:
     # torchrun passes SIGTERM (and Ctrl-C) on to every rank; each stops between steps and rank 0 saves.
-    def on_step(s, state) -> None:
-        if state.step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    run = cnnlab.train(model="lenet", epochs=2, subset=300, out=str(tmp_path / "r"), quiet=True, on_step=on_step,
+    run = cnnlab.train(model="lenet", epochs=2, subset=300, out=str(tmp_path / "r"), quiet=True,
+                       callbacks=[SignalAt(3, signal.SIGTERM)],
                        **one_thread)
     assert run.status == "interrupted"
     ckpt = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")

@@ -173,6 +173,7 @@ def test_new_head_embed_freeze_gradcam_and_summary() -> None:
     assert table.total_params == count_parameters(model)
 
 
+@pytest.mark.slow
 def test_real_imagenet_features_beat_random_init_on_photo_crops(photos_dir: Path, tmp_path: Path) -> None:
     """Feature extraction on small crops of three photos: the ImageNet features separate them, random ones less."""
     folder = make_photo_folder(photos_dir, tmp_path / "crops", names=("astronaut", "chelsea", "coffee"),

@@ -63,7 +63,7 @@ def test_one_epoch_follows_the_schedule_and_counts_everything() -> None:
     schedule = Schedule("step", 0.5, total_steps=5, step_size=2, gamma=0.1)
     state = TrainState(step=0)
     done = train_one_epoch(model, Criterion(), opt, schedule, data, CPU, state,
-                           on_step=lambda st: seen_lrs.append(opt.param_groups[0]["lr"]))
+                           on_step=lambda st, loss: seen_lrs.append(opt.param_groups[0]["lr"]))
     assert done and state.step == 5 and state.meter.seen == 40
     assert seen_lrs == pytest.approx([0.5, 0.5, 0.05, 0.05, 0.005])
     assert state.meter.loss_sum > 0

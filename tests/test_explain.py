@@ -80,6 +80,7 @@ def test_cli_target_layers_and_topk(digits_run: Path, digit_png: Path, tmp_path:
         pixels(p)
 
 
+@pytest.mark.slow
 def test_untrained_resnet18_on_a_photo(photos_dir: Path, tmp_path: Path, capsys) -> None:
     photo = photos_dir / "chelsea.png"
     assert main(["explain", "--model", "resnet18", str(photo), "--out", str(tmp_path / "r"), "--channels", "2"]) == 0
@@ -102,6 +103,7 @@ def test_untrained_resnet18_on_a_photo(photos_dir: Path, tmp_path: Path, capsys)
     assert ((filters.max(axis=2) - filters.min(axis=2)) > 40).sum() > 1000
 
 
+@pytest.mark.slow
 def test_untrained_lenet_json_default_folder_and_channels(photos_dir: Path, tmp_path: Path, capsys,
                                                           monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -195,6 +195,7 @@ def test_export_help(capsys) -> None:
     assert main([]) == 0 and "export" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_benchmark_quick_prints_its_tables() -> None:
     # One thread: with other tests running, two OpenMP threads on two shared cores stall each other for no gain.
     proc = subprocess.run(

@@ -221,6 +221,7 @@ def test_an_existing_run_folder_is_never_overwritten_silently(tmp_path: Path) ->
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 1  # replaced, not mixed
 
 
+@pytest.mark.slow
 def test_a_run_folder_in_use_is_refused_naming_the_process(tmp_path: Path) -> None:
     holder = textwrap.dedent(f"""
         import sys, time
@@ -248,14 +249,16 @@ RESUMABLE = dict(model="mnist_cnn", dataset="digits", epochs=2, batch_size=128, 
                  subset=600, seed=5, threads=1, **QUIET)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_loses_at_most_one_checkpoint_interval_and_resumes_bit_identical(tmp_path: Path) -> None:
     straight = cnnlab.train(out=str(tmp_path / "a"), **RESUMABLE)
     killer = textwrap.dedent(f"""
         import os, signal, cnnlab
-        def on_step(job, state):
-            if state.step == 6:  # half-way through epoch 2 (4 steps per epoch)
-                os.kill(os.getpid(), signal.SIGKILL)
-        cnnlab.train(out={str(tmp_path / "b")!r}, checkpoint_every=1e-9, on_step=on_step, **{RESUMABLE!r})
+        class Kill(cnnlab.Callback):
+            def on_step_end(self, step, loss):
+                if step == 6:  # half-way through epoch 2 (4 steps per epoch)
+                    os.kill(os.getpid(), signal.SIGKILL)
+        cnnlab.train(out={str(tmp_path / "b")!r}, checkpoint_every=1e-9, callbacks=[Kill()], **{RESUMABLE!r})
     """)
     done = subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True, timeout=300)
     assert done.returncode == -9, done.stderr
@@ -299,9 +302,9 @@ def test_orphan_temp_files_of_a_killed_write_are_cleaned_on_the_next_write(tmp_p
 def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
     import errno
 
-    from cnnlab.training import runner
+    from cnnlab.training import record
 
-    real, calls = runner.save_checkpoint, []
+    real, calls = record.save_checkpoint, []
 
     def flaky(state, path):
         calls.append(path)
@@ -309,7 +312,7 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmp_path:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(state, path)
 
-    monkeypatch.setattr(runner, "save_checkpoint", flaky)
+    monkeypatch.setattr(record, "save_checkpoint", flaky)
     with pytest.raises(CnnlabError) as err:
         cnnlab.train(epochs=3, checkpoint_every=0, out=str(tmp_path / "r"), **SMALL)
     message = str(err.value)
@@ -317,6 +320,7 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmp_path:
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_eval_refuses_data_unlike_the_checkpoints(digits_run: Path, data_dir: Path, capsys) -> None:
     capsys.readouterr()
     assert main(["eval", str(digits_run), "--dataset", "fashion-mnist", "--data-dir", str(data_dir)]) == 2

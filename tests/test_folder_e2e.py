@@ -65,6 +65,7 @@ def predict_json(capsys: pytest.CaptureFixture, model: str | Path, images: list[
             for r in json.loads(capsys.readouterr().out)}
 
 
+@pytest.mark.slow
 def test_small_convnet_at_its_150x150_default_with_one_sigmoid_output(cats: Path, tmp_path: Path) -> None:
     long_enough = SHIFT_MIN_EPOCHS  # fewer epochs get flips alone (a short run is still fitting its data)
     run = cnnlab.train(model="small_convnet", dataset=f"folder:{cats}", epochs=long_enough, subset=8, batch_size=8,
@@ -78,6 +79,7 @@ def test_small_convnet_at_its_150x150_default_with_one_sigmoid_output(cats: Path
     assert probs.shape == (1, 2) and torch.allclose(probs.sum(1), torch.ones(1))
 
 
+@pytest.mark.slow
 def test_cats_vs_astronauts_end_to_end_with_the_cli(cats: Path, photos_dir: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "cats"
@@ -112,6 +114,7 @@ def test_cats_vs_astronauts_end_to_end_with_the_cli(cats: Path, photos_dir: Path
         assert c1 == c2 and p1 == pytest.approx(p2, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_resnet18_from_scratch_on_five_classes(five: Path, photos_dir: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "five"

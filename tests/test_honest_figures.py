@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SignalAt
 from PIL import Image
 from scipy.stats import binomtest
 from sklearn.metrics import balanced_accuracy_score, recall_score
@@ -176,11 +175,8 @@ def test_a_resumed_run_keeps_its_class_weights(lopsided: Path, tmp_path: Path) -
     settings = dict(dataset=f"folder:{lopsided}", quiet=True, threads=1, **SMALL)
     straight = cnnlab.train(out=str(tmp_path / "a"), **settings)
 
-    def ctrl_c(job, state) -> None:
-        if state.step == 3:  # in the second epoch (2 steps per epoch)
-            os.kill(os.getpid(), signal.SIGINT)
-
-    assert cnnlab.train(out=str(tmp_path / "b"), on_step=ctrl_c, **settings).status == "interrupted"
+    ctrl_c = SignalAt(3)  # in the second epoch (2 steps per epoch)
+    assert cnnlab.train(out=str(tmp_path / "b"), callbacks=[ctrl_c], **settings).status == "interrupted"
     ckpt = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     assert ckpt["class_weights"] and ckpt["config"]["class_weights"] == "auto" and ckpt["step"] == 3
     resumed = cnnlab.train(resume=str(tmp_path / "b"), quiet=True)
@@ -192,21 +188,19 @@ def test_a_resumed_run_keeps_its_class_weights(lopsided: Path, tmp_path: Path) -
 
 def test_weights_saved_in_the_checkpoint_win_over_the_data_on_resume(lopsided: Path, tmp_path: Path) -> None:
     from cnnlab.training.config import resolve
+    from cnnlab.training.plan import Plan
+    from cnnlab.training.record import restore
     from cnnlab.training.setup import build
-    from cnnlab.training.state import restore
 
     cnnlab.train(dataset=f"folder:{lopsided}", out=str(tmp_path / "b"), quiet=True, **{**SMALL, "epochs": 1})
     ckpt = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     ckpt["class_weights"] = [1.0, 2.0]  # as if the folder had changed since
-    job = build(resolve({**ckpt["config"], "resume": None, "recipe": None}), run_dir=tmp_path / "b")
-    try:
+    with build(Plan(resolve({**ckpt["config"], "resume": None, "recipe": None})), run_dir=tmp_path / "b") as job:
         restore(job, ckpt)
-        assert job.criterion.class_weights == (1.0, 2.0) and "checkpoint" in job.class_weights_why
+        assert job.criterion.class_weights == (1.0, 2.0) and "checkpoint" in job.criterion.weights_why
         del ckpt["class_weights"]  # a run from before class weights trained unweighted: it resumes unweighted
         restore(job, ckpt)
         assert job.criterion.class_weights is None
-    finally:
-        job.lock.release()
 
 
 def test_auto_leaves_a_balanced_built_in_dataset_bit_for_bit_unchanged(tmp_path: Path) -> None:

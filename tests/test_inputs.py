@@ -52,6 +52,7 @@ def _accuracy(predictions, labels: list[int]) -> float:
     return float(np.mean([p.top[0][0] == str(t) for p, t in zip(predictions, labels)]))
 
 
+@pytest.mark.slow
 def test_the_run_records_its_training_images(mnist_run: Path) -> None:
     domain = load_run(mnist_run).pipeline.domain
     assert domain.background == "dark" and domain.aspect == 1.0

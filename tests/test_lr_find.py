@@ -14,6 +14,7 @@ import cnnlab
 from cnnlab.cli.main import main
 from cnnlab.errors import CnnlabError
 from cnnlab.training import lr_find as finder
+from cnnlab.training import prepare
 from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.config import coerce, resolve
 from cnnlab.training.loss import Criterion
@@ -141,7 +142,7 @@ def test_a_resumed_lr_auto_run_keeps_its_rate_and_never_searches_again(tmp_path:
     def refuse(*args, **kwargs):
         raise AssertionError("the range test ran again")
 
-    monkeypatch.setattr(finder, "lr_find", refuse)
+    monkeypatch.setattr(prepare, "lr_find", refuse)
     run = cnnlab.train(resume=str(tmp_path / "r"), epochs=2, quiet=True)
     assert [r["epoch"] for r in run.history] == [1, 2]
     assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["lr"] == lr

@@ -11,9 +11,10 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import count_parameters, get_model_info, list_models, register_model, unregister_model
 
 ALL = list_models()
+HEAVY = {"vgg16", "inception_v3"}  # a forward and backward pass at their input size takes seconds: the slow tier
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in ALL])
 def test_forward_backward_on_own_input_size(name: str) -> None:
     torch.manual_seed(0)
     info = get_model_info(name)

@@ -69,6 +69,7 @@ def test_a_one_epoch_run_records_and_draws_a_loss_curve(one_epoch: Path) -> None
     assert load_run(one_epoch, checkpoint="last").checkpoint["history"][0]["train_loss_curve"] == curve
 
 
+@pytest.mark.slow
 def test_the_report_shows_every_probe_snapshot_and_the_resolved_augmentation_once(one_epoch: Path,
                                                                                    tmp_path: Path) -> None:
     from cnnlab.apps.report import render_report

@@ -87,6 +87,7 @@ def probed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_and_every_image_decodes(probed_run: Path) -> None:
     path = build_report(probed_run, mistakes=6, feature_images=1)
     assert path == probed_run / "report.html"

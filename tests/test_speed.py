@@ -60,6 +60,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_fast_mnist_reaches_98_5_percent_on_real_mnist(data_dir: Path, tmp_path: Path, one_thread: int) -> None:
     out = tmp_path / "run"
     run = cnnlab.train(recipe="fast-mnist", seed=0, data_dir=str(data_dir), threads=one_thread, out=str(out),
@@ -113,6 +114,7 @@ def test_every_benchmark_script_has_a_smoke_setting() -> None:
     assert not missing, f"add a tiny setting for {missing} to SMOKE_ARGS in tests/test_speed.py"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", [s for s, a in SMOKE_ARGS.items() if a is not None])
 def test_benchmark_script_runs(script: str, data_dir: Path) -> None:
     path = BENCHMARKS / script

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import SignalAt
 
 import cnnlab
 from cnnlab.errors import CnnlabError
@@ -25,6 +23,7 @@ from cnnlab.training.schedule import lr_at
 QUIET = {"quiet": True}
 
 
+@pytest.mark.slow
 def test_real_mnist_subset_reaches_95_percent(data_dir: Path, tmp_path: Path) -> None:
     run = cnnlab.train(model="lenet", dataset="mnist", data_dir=str(data_dir), subset=6000, epochs=2,
                        batch_size=64, lr=3e-3, out=str(tmp_path / "run"), **QUIET)
@@ -49,19 +48,10 @@ RESUMABLE = dict(model="mnist_cnn", dataset="digits", epochs=2, batch_size=128, 
                  subset=600, seed=5, **QUIET)
 
 
-def _interrupt_at(step: int):
-    """A callback that sends this process a real SIGINT (Ctrl-C) after the given step."""
-
-    def on_step(s, state):
-        if state.step == step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    return on_step
-
-
+@pytest.mark.slow
 def test_resume_after_an_epoch_gives_identical_weights(tmp_path: Path) -> None:
     straight = cnnlab.train(out=str(tmp_path / "a"), **RESUMABLE)
-    first = cnnlab.train(out=str(tmp_path / "b"), on_step=_interrupt_at(4), **RESUMABLE)  # 4 steps = 1 epoch
+    first = cnnlab.train(out=str(tmp_path / "b"), callbacks=[SignalAt(4)], **RESUMABLE)  # 4 steps = 1 epoch
     assert first.status == "interrupted"
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["epoch"] == 1
     resumed = cnnlab.train(resume=str(tmp_path / "b"), quiet=True)
@@ -73,9 +63,10 @@ def test_resume_after_an_epoch_gives_identical_weights(tmp_path: Path) -> None:
     assert strip(straight.history) == strip(resumed.history)
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_gives_identical_weights(tmp_path: Path) -> None:
     cnnlab.train(out=str(tmp_path / "a"), **RESUMABLE)
-    cnnlab.train(out=str(tmp_path / "b"), on_step=_interrupt_at(6), **RESUMABLE)  # half-way through epoch 2
+    cnnlab.train(out=str(tmp_path / "b"), callbacks=[SignalAt(6)], **RESUMABLE)  # half-way through epoch 2
     ckpt = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     assert ckpt["epoch"] == 1 and ckpt["loader"]["batch"] == 2 and ckpt["status"] == "interrupted"
     cnnlab.train(resume=str(tmp_path / "b"), quiet=True)
@@ -98,46 +89,57 @@ def test_resume_can_extend_epochs_but_not_change_the_model(tmp_path: Path) -> No
     assert [r["epoch"] for r in run.history] == [1, 2]
 
 
-def test_sigkill_while_writing_a_checkpoint_leaves_a_loadable_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stall", ["half-written", "written, not renamed"])
+def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one(stall: str, tmp_path: Path) -> None:
+    # The writer's second save stops at a known instant of its write and says so; the kill lands there, not after a
+    # guessed delay. Half-written: half the bytes of the temp file on disk; written, not renamed: all of them.
     script = textwrap.dedent(f"""
-        import torch
+        import io, os, signal, torch
         from cnnlab.training.checkpoint import save_checkpoint
-        big = torch.randn(4_000_000, generator=torch.Generator().manual_seed(7))  # 16 MB: kills land mid-write
-        i = 0
-        while True:
-            payload = big + i
-            save_checkpoint({{"counter": i, "payload": payload}}, {str(tmp_path / "last.pt")!r})
-            print(i, flush=True)
-            i += 1
+        real_save = torch.save
+        def stalling_save(obj, f):
+            buf = io.BytesIO()
+            real_save(obj, buf)
+            data = buf.getvalue()
+            cut = len(data) // 2 if {stall!r} == "half-written" else len(data)
+            with open(f, "wb") as out:
+                out.write(data[:cut])
+                out.flush()
+                if obj["counter"] == 1:
+                    print("stalled", len(data), flush=True)
+                    signal.pause()  # until killed
+                out.write(data[cut:])
+        torch.save = stalling_save
+        big = torch.randn(1_000_000, generator=torch.Generator().manual_seed(7))
+        for i in range(2):
+            save_checkpoint({{"counter": i, "payload": big + i}}, {str(tmp_path / "last.pt")!r})
     """)
-    big = torch.randn(4_000_000, generator=torch.Generator().manual_seed(7))  # what the writer writes, bit for bit
-    seen = []
-    for delay in (0.9, 1.4, 1.9):
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-        proc.stdout.readline()  # at least one checkpoint exists
-        time.sleep(delay - 0.8)
-        proc.kill()
-        proc.wait()
-        ckpt = load_checkpoint(tmp_path / "last.pt")  # raises if the file were partial
-        # The data is the data that was written (compared element by element: a float sum's last bits depend on how
-        # many threads added it up, which differs between the writer and this process).
-        assert torch.equal(ckpt["payload"], big + ckpt["counter"])
-        seen.append(ckpt["counter"])
-        leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.pt"]
-        for name in leftovers:  # a killed write may leave its temp file, never a damaged last.pt
-            assert name.startswith(".last.pt.") and name.endswith(".tmp")
-    assert len(seen) == 3
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    said = proc.stdout.readline().split()
+    assert said[:1] == ["stalled"], said
+    proc.kill()
+    assert proc.wait(timeout=60) == -9
+    temp = [p for p in tmp_path.iterdir() if p.name != "last.pt"]
+    assert [p.name[:9] for p in temp] == [".last.pt."] and temp[0].suffix == ".tmp"  # the kill landed in the write
+    assert temp[0].stat().st_size == (int(said[1]) // 2 if stall == "half-written" else int(said[1]))
+    ckpt = load_checkpoint(tmp_path / "last.pt")  # the previous checkpoint, whole
+    big = torch.randn(1_000_000, generator=torch.Generator().manual_seed(7))
+    assert ckpt["counter"] == 0 and torch.equal(ckpt["payload"], big)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
-    def poison(s, state):
-        if state.step == 7:  # in epoch 2: epoch 1 ended at step 5 and wrote last.pt
-            with torch.no_grad():
-                s.net.conv1.weight.fill_(float("nan"))
+    class Poison(cnnlab.Callback):
+        def on_train_begin(self, run) -> None:
+            self.net = run.model
+
+        def on_step_end(self, step: int, loss: float) -> None:
+            if step == 7:  # in epoch 2: epoch 1 ended at step 5 and wrote last.pt
+                with torch.no_grad():
+                    self.net.conv1.weight.fill_(float("nan"))
 
     with pytest.raises(NonFiniteLoss) as err:
-        cnnlab.train(model="lenet", epochs=3, batch_size=64, subset=320, out=str(tmp_path / "r"), on_step=poison,
-                     **QUIET)
+        cnnlab.train(model="lenet", epochs=3, batch_size=64, subset=320, out=str(tmp_path / "r"),
+                     callbacks=[Poison()], **QUIET)
     msg = str(err.value)
     assert "at step 7 (epoch 2)" in msg and "--lr" in msg and str(tmp_path / "r") in msg
     good = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
@@ -165,6 +167,7 @@ def test_unwritable_output_and_full_disk_are_caught_before_training(tmp_path: Pa
         cnnlab.train(out=str(tmp_path / "full"), **QUIET)
 
 
+@pytest.mark.slow
 def test_stopping_rules(tmp_path: Path) -> None:
     small = dict(recipe="digits", subset=400, **QUIET)
     target = cnnlab.train(epochs=20, target_acc=50, out=str(tmp_path / "t"), **small)
@@ -218,6 +221,7 @@ def test_single_logit_two_class_training(tmp_path: Path) -> None:
     assert top[0][0] == "light" and abs(top[0][1] + top[1][1] - 1) < 1e-6
 
 
+@pytest.mark.slow
 def test_the_tutorials_double_softmax_stalls_training_and_the_fixed_recipe_does_not(data_dir: Path,
                                                                                     tmp_path: Path) -> None:
     """seed-* keep a tutorial's mistake (Softmax, then cross-entropy's log-softmax): the loss stays near ln 10."""
@@ -335,6 +339,7 @@ def test_top1_is_the_accuracy_when_logits_tie() -> None:
     assert single.topk[1] == single.accuracy == pytest.approx(2 / 3)  # logit 0: "no", by the rule logit > 0 and by the tie
 
 
+@pytest.mark.slow
 def test_eval_reports_exactly_what_the_run_reported(tmp_path: Path, capsys) -> None:
     """Trained under bf16 autocast, or a model ending in softmax: `cnnlab eval` on the checkpoint gives the run's
     own test accuracy and loss, to the digit (one evaluation core, float32, one loss definition)."""
@@ -352,7 +357,7 @@ def test_eval_reports_exactly_what_the_run_reported(tmp_path: Path, capsys) -> N
 
 def test_amp_auto_is_bf16_only_where_the_hardware_computes_it(tmp_path: Path) -> None:
     """On a CPU without native bf16 (AVX-512 BF16 or AMX) autocast would emulate it: 7.5x slower, measured."""
-    from cnnlab.training.setup import resolve_amp
+    from cnnlab.training.process import resolve_amp
 
     cpu = torch.device("cpu")
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -119,14 +119,18 @@ def test_frozen_backbone_is_bit_identical_after_training(five: Path, imagenet_fi
     file_state = torch.load(imagenet_file)
     seen: list[dict] = []
 
-    def on_step(s, state) -> None:
-        bn = [m for m in s.net.modules() if isinstance(m, nn.BatchNorm2d)]
-        seen.append({"train": s.net.training, "bn_train": any(m.training for m in bn),
-                     "fc": s.net.fc.weight.detach().clone()})
+    class Watch(cnnlab.Callback):
+        def on_train_begin(self, run) -> None:
+            self.net = run.model
+
+        def on_step_end(self, step: int, loss: float) -> None:
+            bn = [m for m in self.net.modules() if isinstance(m, nn.BatchNorm2d)]
+            seen.append({"train": self.net.training, "bn_train": any(m.training for m in bn),
+                         "fc": self.net.fc.weight.detach().clone()})
 
     run = cnnlab.train(model="resnet18", dataset=f"folder:{five}", weights=str(imagenet_file), input_size="32x32",
                        freeze_backbone=True, epochs=2, batch_size=16, out=str(tmp_path / "r"), quiet=True,
-                       on_step=on_step)
+                       callbacks=[Watch()])
     assert len(seen) >= 4 and all(st["train"] and not st["bn_train"] for st in seen)
     # Every backbone tensor, BatchNorm running statistics and counters included, is the file's, bit for bit.
     for which in ("last", "best"):
@@ -138,22 +142,28 @@ def test_frozen_backbone_is_bit_identical_after_training(five: Path, imagenet_fi
     assert run.results["test_acc"] > 0
 
 
+@pytest.mark.slow
 def test_unfreeze_after_one_epoch_fine_tunes_the_backbone_with_a_lower_rate(
     five: Path, imagenet_file: Path, tmp_path: Path
 ) -> None:
     file_state = torch.load(imagenet_file)
     steps: list[dict] = []
 
-    def on_step(s, state) -> None:
-        head = {id(s.net.fc.weight), id(s.net.fc.bias)}
-        lrs = {("head" if id(g["params"][0]) in head else "backbone", round(g["lr"], 12))
-               for g in s.optimizer.param_groups}
-        moved = [k for k, v in backbone_state(s.net.state_dict()).items() if not torch.equal(v, file_state[k])]
-        steps.append({"epoch": state.epoch, "lrs": lrs, "moved": moved})
+    class Watch(cnnlab.Callback):
+        def on_train_begin(self, run) -> None:
+            self.run = run
+
+        def on_step_end(self, step: int, loss: float) -> None:
+            net = self.run.model
+            head = {id(net.fc.weight), id(net.fc.bias)}
+            lrs = {("head" if id(g["params"][0]) in head else "backbone", round(g["lr"], 12))
+                   for g in self.run.optimizer.param_groups}
+            moved = [k for k, v in backbone_state(net.state_dict()).items() if not torch.equal(v, file_state[k])]
+            steps.append({"epoch": self.run.state.epoch, "lrs": lrs, "moved": moved})
 
     cnnlab.train(model="resnet18", dataset=f"folder:{five}", weights=str(imagenet_file), input_size="32x32",
                  unfreeze_after=1, backbone_lr_scale=0.1, lr=1e-3, schedule="constant", epochs=2, batch_size=16,
-                 out=str(tmp_path / "r"), quiet=True, on_step=on_step)
+                 out=str(tmp_path / "r"), quiet=True, callbacks=[Watch()])
     first = [st for st in steps if st["epoch"] == 0]
     second = [st for st in steps if st["epoch"] == 1]
     assert first and second
@@ -166,21 +176,26 @@ def test_unfreeze_after_one_epoch_fine_tunes_the_backbone_with_a_lower_rate(
 # ---------------------------------------------------------------- Inception v3
 
 
+@pytest.mark.slow
 def test_inception_v3_trains_its_auxiliary_head_at_299(photos_dir: Path, tmp_path: Path) -> None:
     root = tmp_path / "two"
     for split, seed in (("train", 0), ("test", 1)):
         make_photo_folder(photos_dir, root / split, ("chelsea", "coffee"), per_class=1, size=299, seed=seed)
     grads: dict[str, bool] = {}
 
-    def on_step(s, state) -> None:
-        # AdamW's first moment is (1 - beta1) * grad after one step: nonzero exactly where a gradient arrived.
-        for name, p in s.net.named_parameters():
-            if name.startswith("AuxLogits."):
-                moment = s.optimizer.state.get(p, {}).get("exp_avg")
-                grads[name] = moment is not None and bool(moment.abs().sum() > 0)
+    class Watch(cnnlab.Callback):
+        def on_train_begin(self, run) -> None:
+            self.run = run
+
+        def on_step_end(self, step: int, loss: float) -> None:
+            # AdamW's first moment is (1 - beta1) * grad after one step: nonzero exactly where a gradient arrived.
+            for name, p in self.run.model.named_parameters():
+                if name.startswith("AuxLogits."):
+                    moment = self.run.optimizer.state.get(p, {}).get("exp_avg")
+                    grads[name] = moment is not None and bool(moment.abs().sum() > 0)
 
     run = cnnlab.train(model="inception_v3", dataset=f"folder:{root}", epochs=1, batch_size=2, val_size=0,
-                       schedule="constant", lr=1e-3, out=str(tmp_path / "r"), quiet=True, on_step=on_step)
+                       schedule="constant", lr=1e-3, out=str(tmp_path / "r"), quiet=True, callbacks=[Watch()])
     assert run.results["epochs_run"] == 1
     resolved = json.loads((tmp_path / "r" / "config.json").read_text())["resolved"]
     assert resolved["input_size"] == [3, 299, 299] and resolved["steps_per_epoch"] == 1
@@ -197,6 +212,7 @@ def test_inception_v3_trains_its_auxiliary_head_at_299(photos_dir: Path, tmp_pat
 # ---------------------------------------------------------------- feature extraction
 
 
+@pytest.mark.slow
 def test_feature_extraction_fits_a_head_in_seconds_and_reuses_its_cache(
     five: Path, photos_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -204,9 +220,9 @@ def test_feature_extraction_fits_a_head_in_seconds_and_reuses_its_cache(
     calls: list[str] = []
     real_embed = features.embed_split
 
-    def counting_embed(job, data, label, quiet):
+    def counting_embed(cfg, net, data, pipeline, device, label, quiet):
         calls.append(label)
-        return real_embed(job, data, label, quiet)
+        return real_embed(cfg, net, data, pipeline, device, label, quiet)
 
     monkeypatch.setattr(features, "embed_split", counting_embed)
     settings = dict(model="resnet18", dataset=f"folder:{five}", input_size="64x64", feature_extraction=True,

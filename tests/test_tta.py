@@ -55,11 +55,12 @@ def test_flip_tta_is_refused_where_mirroring_changes_labels(tmp_path: Path, digi
         assert reply.status_code == 422 and message in reply.json()["detail"], reply.text
 
 
+@pytest.mark.slow
 def test_a_run_tested_with_flip_tta_answers_alike_in_train_eval_predict_and_serve(data_dir: Path, tmp_path: Path,
                                                                                      capsys) -> None:
     out = tmp_path / "fashion"
     run = cnnlab.train(model="lenet", dataset="fashion-mnist", subset=3000, epochs=1, augment="flip", tta="flip",
-                       seed=0, out=str(out), quiet=True)
+                       seed=0, out=str(out))
     assert run.results["tta"] == "flip"
     assert "with flip TTA" in capsys.readouterr().out
     tested = evaluate_run(load_run(out))  # by default, as the run was tested
@@ -86,6 +87,7 @@ def test_a_run_tested_with_flip_tta_answers_alike_in_train_eval_predict_and_serv
     assert torch.allclose(served, both[0], atol=1e-5)  # the server gives the same mirror-averaged answer
 
 
+@pytest.mark.slow
 def test_tta_auto_tests_with_mirrors_exactly_where_training_mirrored(data_dir: Path, tmp_path: Path,
                                                                      digits_run: Path) -> None:
     assert resolve_tta("auto", True) == "flip" and resolve_tta("auto", False) == "none"

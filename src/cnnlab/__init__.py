@@ -16,6 +16,7 @@ _EXPORTS = {
     "train": "cnnlab.training.api",
     "resume": "cnnlab.training.api",
     "TrainConfig": "cnnlab.training.config",
+    "Callback": "cnnlab.training.callbacks",
     "load_run": "cnnlab.training.run",
     "get_model": "cnnlab.models",
     "list_models": "cnnlab.models",

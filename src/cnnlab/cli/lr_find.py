@@ -43,14 +43,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cnnlab.errors import CnnlabError
-    from cnnlab.training.api import settle
     from cnnlab.training.config import explicit_settings, resolve
-    from cnnlab.training.lr_find import lr_find_config, plot
+    from cnnlab.training.lr_find import plot
+    from cnnlab.training.prepare import lr_range_test, settle
 
     cfg, choice = settle(resolve(explicit_settings(args)))
     if choice is not None:
         print(choice.line)
-    result, dataset = lr_find_config(cfg, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps)
+    result, dataset = lr_range_test(cfg, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps)
     title = f"{cfg.model} on {dataset}, {cfg.optimizer}, batch {cfg.batch_size}"
     name = f"lr-find-{cfg.model}-{dataset}.png".replace("/", "-").replace(":", "-")
     path = plot(result, Path(args.out) if args.out else Path("cnnlab-figures") / name, title) if result.lrs else None

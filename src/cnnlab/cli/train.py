@@ -10,8 +10,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train a model (default: lenet on the bundled digits, in seconds)",
-        description="Train a model on a dataset. With no options: lenet on the bundled 8x8 digits. Runs land in "
+        help="train a model (default: a small CNN chosen from the data, on the bundled digits, in seconds)",
+        description="Train a model on a dataset. With no options: the bundled 8x8 digits, with the settings left "
+        "open (model, epochs, batch size, learning rate, augmentation) chosen from the data. Runs land in "
         "runs/<model>-<dataset>-<time>/ with config.json, metrics.jsonl, checkpoints/, results.json and "
         "curves.png. Ctrl-C saves a checkpoint; --resume RUN continues exactly.",
         epilog="examples:\n  cnnlab train\n  cnnlab train --recipe seed-cnn\n"
@@ -37,4 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
         return launch(settings)
     result = train(**settings)
+    if settings.get("quiet") and result.results:  # the library prints nothing when quiet; the command its result
+        from cnnlab.training.console import result_lines
+
+        print(result_lines(result.results))
     return 130 if result.status == "interrupted" else 0

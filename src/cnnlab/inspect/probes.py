@@ -62,8 +62,8 @@ def take_snapshot(model: nn.Module, images: torch.Tensor, pipeline: Pipeline,
             out = model(x)
     finally:
         restore_modes(saved)
-    outputs_are_probs = bool(getattr(getattr(model, "spec", None), "kwargs", {}).get("final_softmax"))
-    snapshot["probs"] = probabilities(split_logits(out)[0].float().cpu(), outputs_are_probs)
+    spec = getattr(model, "spec", None)  # a registry model's; a bare module's outputs are logits
+    snapshot["probs"] = probabilities(split_logits(out)[0].float().cpu(), bool(spec and spec.outputs_are_probs))
     for name, t in fx.features.items():
         if t.dim() != 4:
             continue

@@ -40,6 +40,11 @@ class ModelSpec:
     input_size: InputSize
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def outputs_are_probs(self) -> bool:
+        """Whether the model ends in a softmax (the tutorials' `final_softmax`): its outputs are probabilities."""
+        return bool(self.kwargs.get("final_softmax"))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"input_size": list(self.input_size)}
 

@@ -1,37 +1,12 @@
-"""Defaults that read the data: a pure function from a dataset's profile (data/profile.py) to the settings a user
-did not give (model, input size, batch size, learning rate, epochs, augmentation, which weights are kept), each with
-its reason. `fill_auto` applies it to a config: what the user (or a recipe) gave always wins.
-
-The rules, from principles rather than from any one dataset:
-- model: fastnet (a small BatchNorm CNN that trains fast on a CPU) at the images' own size, 28 to 64 pixels a side;
-  for photos of at least PRETRAINED_MIN_SIDE pixels, a pretrained backbone when its weights are on this machine
-  (a linear head on its fixed features: what transfers best from few images, in seconds).
-- epochs: a network from scratch needs a few thousand optimizer steps whatever the size of the data, so epochs
-  come from TARGET_STEPS, bounded by MIN_EPOCHS/MAX_EPOCHS and by a compute budget of PASS_BUDGET images at
-  28x28 (scaled by pixels), which keeps a CPU run near half a minute on large data.
-- batch: about BATCHES_PER_EPOCH steps per epoch (small data, small batches: more steps), 16 to 128; the rate
-  grows with the square root of the batch (AdamW; linearly for SGD).
-- augmentation keeps labels: no flips for glyph-like images (a mirrored letter is another letter, or none);
-  shifts of about 7% of the side for glyphs, 12% (the CIFAR pad-and-crop) plus flips and mild colour jitter for
-  photos; random-resized crops only for inputs above 64 pixels, never below half the image. Shifts, crops and
-  jitter are regularisers, which pay only once the network memorizes its training images (they slow the fitting
-  of data it has not memorized: Fashion-MNIST's 54,000 images lose 0.6 points to shifts at 10 and at 16 epochs).
-  So a run with a validation split of TINY_VAL images or more starts with flips alone (where safe) and adds the
-  rest when the run shows it memorizing (--augment-on-overfit: training error at most FIT_RATIO of validation
-  error, in the first half of the run; see fits_beyond_validation). Without one, a run of fewer than
-  SHIFT_MIN_EPOCHS passes gets flips alone (it is still fitting its data), a longer one everything from the start.
-- the CNN's head: a linear layer over the whole last map (where each part of a centred glyph is) for glyph-like
-  images at most FLATTEN_MAX_SIDE pixels a side (a last map of 4x4 or less); a global max pool otherwise.
-- test-time augmentation: where training mirrors the images, the final test averages each image's outputs with its
-  mirror's (flip TTA: the network has learned both; +0.3 points on Fashion-MNIST under --budget 30s, 3 seeds).
-- memory format: channels-last for the CNN (its training steps ran 1.4-2x faster on a 2-core CPU:
-  benchmarks/channels_last.py).
-- weights kept: a validation split under TINY_VAL images cannot tell epochs apart (one image is a third of a point
-  or more), so its images are trained on and the final weights of the decaying one-cycle schedule are kept.
+"""Defaults that read the data: `choose`, a pure function from a dataset's profile (data/profile.py) to the settings
+a user did not give, each with its reason and the line a run prints; `fill_auto` applies it to a config (what the user
+or a recipe gave always wins). Each rule is stated where it is made (the constants below bound them); the
+measurements behind them are in benchmarks/README.md, "Defaults that read the data".
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -39,9 +14,8 @@ from typing import Any, Mapping
 from cnnlab.data.profile import DataProfile
 from cnnlab.models import get_model_info, parse_input_size
 
-SCRATCH_MODEL = "fastnet"
+SCRATCH_MODEL = "fastnet"  # a small BatchNorm CNN that trains from scratch in seconds on a CPU
 PRETRAINED_BACKBONE = "efficientnet_lite0"  # offline ImageNet weights (the pretrained-backbone extra)
-PRETRAINED_SIDE = 224  # its input side (the size its ImageNet weights were trained at)
 PRETRAINED_MIN_SIDE = 96  # photos smaller than this gain little from ImageNet features at 224
 MIN_SIDE, MAX_SIDE = 28, 64  # fastnet's input side: its design size, and a CPU's limit for small data
 TINY_VAL = 300  # fewer validation images than this: keep the final weights, train on them
@@ -100,14 +74,16 @@ def choose(profile: DataProfile, pretrained_available: bool = False,
 
 def _model(c: AutoChoice, profile: DataProfile, pretrained_available: bool,
            given: Mapping[str, Any]) -> tuple[str, int, bool]:
-    """(model, input side, pretrained?): the model and its input size."""
+    """(model, input side, pretrained?): fastnet at the images' own size (MIN_SIDE to MAX_SIDE); for photos of
+    PRETRAINED_MIN_SIDE pixels or more, a linear head on a pretrained backbone's fixed features where its weights are
+    on this machine (what transfers best from few images, in seconds)."""
     use_pretrained = profile.kind == "photo" and pretrained_available and profile.side >= PRETRAINED_MIN_SIDE
     if given.get("model") is None and use_pretrained:
         c.pick(given, "model", PRETRAINED_BACKBONE, f"photo-like images of {profile.side} px and ImageNet weights on "
                f"this machine: a linear head on pretrained features")
         c.pick(given, "feature_extraction", True, "few photos: fit a linear head on fixed pretrained features")
         c.pick(given, "weights", "DEFAULT", "the backbone's ImageNet weights")
-        return PRETRAINED_BACKBONE, PRETRAINED_SIDE, True
+        return PRETRAINED_BACKBONE, min(get_model_info(PRETRAINED_BACKBONE).input_size[1:]), True
     model = c.pick(given, "model", SCRATCH_MODEL, "a compact BatchNorm CNN that trains from scratch in seconds on a "
                    "CPU" + (" (no pretrained weights on this machine)" if profile.kind == "photo"
                             and profile.side >= PRETRAINED_MIN_SIDE else ""))
@@ -133,7 +109,8 @@ def _side(c: AutoChoice, profile: DataProfile, given: Mapping[str, Any]) -> int:
 
 
 def _scratch_layout(c: AutoChoice, profile: DataProfile, given: Mapping[str, Any], side: int) -> None:
-    """The from-scratch CNN's head and memory format."""
+    """The from-scratch CNN's head: a linear layer over the whole last map (where each part of a centred glyph is)
+    for glyph-like images up to FLATTEN_MAX_SIDE pixels, a global max pool otherwise; channels-last memory."""
     if profile.kind == "glyph" and side <= FLATTEN_MAX_SIDE and given.get("model_kwargs") is None:
         c.pick(given, "model_kwargs", {"head": "flatten"}, f"glyph-like images of {side} px: a linear layer over the "
                f"whole last map keeps where each stroke or part is")
@@ -169,6 +146,8 @@ def _batch(train_n: int) -> int:
 
 
 def _lr(c: AutoChoice, given: Mapping[str, Any], batch: int, pretrained: bool) -> float:
+    """The peak rate at LR_BATCH images a batch, grown with the batch: its square root for Adam(W), linearly for
+    SGD."""
     optimizer = given.get("optimizer") or "adamw"
     if optimizer == "sgd":
         return c.pick(given, "lr", round(SGD_LR * batch / LR_BATCH, 4), f"SGD: {SGD_LR:g} per {LR_BATCH} images "
@@ -264,18 +243,19 @@ def short_run_reason(epochs: int, flips: bool) -> str:
             + ("; flips, which keep the labels" if flips else "; no flips (a mirror can change the class)"))
 
 
-def short_run_augment(auto: dict[str, Any] | None, epochs: int) -> str | None:
-    """For a --budget plan of `epochs`: the augmentation a short run gets when the chooser picked it (None: keep
-    what the run has); `auto` (AutoChoice.to_dict()) is updated to say so."""
+def short_run_augment(auto: dict[str, Any] | None, epochs: int) -> tuple[str, dict[str, Any]] | None:
+    """For a --budget plan of `epochs`: (the augmentation a short run gets, `auto` updated to say so) where the
+    chooser picked the run's augmentation and a short run keeps less of it; None: the run keeps what it has."""
     chosen = (auto or {}).get("chosen", {}).get("augment")
     if chosen is None or epochs >= SHIFT_MIN_EPOCHS or chosen["value"] == short_run_spec(chosen["value"]):
         return None
     old, new = chosen["value"], short_run_spec(chosen["value"])
     kind = (auto.get("profile") or {}).get("kind", "glyph")
+    auto = copy.deepcopy(auto)
     auto["chosen"]["augment"] = {"value": new, "reason": short_run_reason(epochs, new == "flip")}
     auto["line"] = auto["line"].replace(_augment_words(old, kind), _augment_words(new, kind)
                                         + f" (a run of {epochs} epoch{'s' if epochs != 1 else ''})")
-    return new
+    return new, auto
 
 
 def _describe(c: AutoChoice, profile: DataProfile, model: str, epochs: int, steps: int, batch: int, augment: str,

@@ -284,6 +284,13 @@ def resolve(settings: dict[str, Any] | None = None, base: TrainConfig | None = N
     return cfg
 
 
+def val_size_arg(val_size: float | None) -> int | float | None:
+    """--val-size as `get_dataset` takes it: None for the dataset's default (-1), a fraction, or a whole count."""
+    if val_size is None or val_size < 0:
+        return None
+    return val_size if 0 < val_size < 1 else int(val_size)
+
+
 def validate(cfg: TrainConfig) -> None:
     """Reject settings that cannot work, with the valid range or the fix in the message."""
     for name, f in FIELDS.items():

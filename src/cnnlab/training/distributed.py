@@ -98,6 +98,11 @@ class DistEnv:
             self.barrier()
 
 
+def main_process() -> bool:
+    """Whether this process is the job's first (rank 0), as torchrun's environment says; alone, it is."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def timeout_seconds() -> float:
     """The collective timeout: $CNNLAB_DIST_TIMEOUT seconds, else DEFAULT_TIMEOUT_S."""
     value = os.environ.get(TIMEOUT_ENV, "")

@@ -66,12 +66,13 @@ def train_step(model: nn.Module, criterion: Criterion, optimizer: torch.optim.Op
 def train_one_epoch(model: nn.Module, criterion: Criterion, optimizer: torch.optim.Optimizer,
                     schedule: Callable[[int], float], loader: Iterable, device: torch.device, state: TrainState, *,
                     scaler: torch.amp.GradScaler | None = None, amp: str = "off", grad_clip: float = 0.0,
-                    should_stop: Callable[[], bool] | None = None, on_step: Callable[[TrainState], None] | None = None,
-                    progress=None) -> bool:
+                    should_stop: Callable[[], bool] | None = None,
+                    on_step: Callable[[TrainState, float], None] | None = None, progress=None) -> bool:
     """Train until the loader is exhausted (True) or `should_stop()` says so after a step (False).
 
     The model is put in training mode unless it already is (a caller may have frozen parts of it: they stay so).
-    `state` counts steps, time and the epoch's sums (`state.meter`); `progress.update(meter)` is told of each step.
+    `state` counts steps, time and the epoch's sums (`state.meter`); `progress.update(meter)` is told of each step,
+    then `on_step(state, loss)`.
     """
     if not model.training:
         model.train()
@@ -100,7 +101,7 @@ def train_one_epoch(model: nn.Module, criterion: Criterion, optimizer: torch.opt
         if progress is not None:
             progress.update(meter)
         if on_step is not None:
-            on_step(state)
+            on_step(state, value)
         if should_stop is not None and should_stop():
             check_finite(pending, state.epoch, last_finite)
             return False

@@ -13,6 +13,7 @@ from cnnlab.data import BatchLoader, get_dataset, take
 from cnnlab.errors import CnnlabError
 from cnnlab.models.outputs import probabilities
 from cnnlab.training import metrics
+from cnnlab.training.config import val_size_arg
 from cnnlab.training.inference import Outputs, evaluate
 from cnnlab.training.loss import Criterion
 from cnnlab.training.run import Run
@@ -107,9 +108,7 @@ def evaluate_run(run: Run, dataset: str | None = None, split: str = "test", data
     """
     cfg = run.config
     name = dataset or cfg["dataset"]
-    val_size = cfg.get("val_size", -1)
-    val_size = None if val_size is None or val_size < 0 else (val_size if 0 < val_size < 1 else int(val_size))
-    data = get_dataset(name, split, data_dir or cfg.get("data_dir"), val_size=val_size,
+    data = get_dataset(name, split, data_dir or cfg.get("data_dir"), val_size=val_size_arg(cfg.get("val_size", -1)),
                        image_size=tuple(run.input_size[1:]))
     check_same_kind(data, name, run)
     tta = check_tta(cfg.get("tta", "none") if tta is None else tta, data.info.flip_ok, data.info.name)

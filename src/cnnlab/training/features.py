@@ -2,16 +2,14 @@
 
 `cnnlab train --model resnet18 --weights DEFAULT --feature-extraction` spends its time in one forward pass over
 the images, and none on a second run with the same weights, data and preprocessing: the embeddings are cached
-under `<cnnlab cache>/features/`. `embeddings_job` turns a built run into the same run over embeddings: loaders
-of embeddings and a linear head as the trained network, which then goes through the one training loop (`fit`),
-with the run's optimizer, learning rate, schedule, epochs and batch size. Its checkpoints hold the whole model
-(the backbone with the fitted head folded into its own), so eval, predict, explain, report and export work on it
-unchanged.
+under `<cnnlab cache>/features/`. `embed_splits` gives `setup.build` the splits as loaders of embeddings and a
+linear head as the trained network, which then goes through the one training loop (`fit`) with the run's
+optimizer, learning rate, schedule, epochs and batch size. Its checkpoints hold the whole model (the backbone with
+the fitted head folded into its own), so eval, predict, explain, report and export work on it unchanged.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -22,14 +20,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cnnlab.data import BatchLoader, DatasetInfo, ImageData, ImageDataset
-from cnnlab.data.augment import Augment
+from cnnlab.data import BatchLoader, DatasetInfo, ImageData, ImageDataset, Pipeline
 from cnnlab.data.paths import user_cache_dir
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_save
-from cnnlab.models.backbones import embed, freeze_backbone, head_names, pretrained_backbones
+from cnnlab.models.backbones import embed, freeze_backbone, head_names
+from cnnlab.training.config import TrainConfig
+from cnnlab.training.console import Printer
 from cnnlab.training.engine import autocast
-from cnnlab.training.setup import Classifier, Job, RunData, build_optimizer, build_schedule
 
 CACHE_FORMAT = 1  # bump when the cached layout or the meaning of an embedding changes
 
@@ -53,12 +51,11 @@ class Features:
 # ---------------------------------------------------------------- embeddings, cached
 
 
-def feature_key(job: Job, data: ImageDataset) -> str:
+def feature_key(net: nn.Module, pipeline: Pipeline, amp: str, data: ImageDataset) -> str:
     """A hash of everything an embedding depends on: architecture, backbone weights, preprocessing, images."""
     h = hashlib.sha256(f"cnnlab-features-{CACHE_FORMAT}".encode())
-    net = job.net
     kwargs = {k: v for k, v in net.spec.kwargs.items() if k != "weights"}  # the weights are hashed by value below
-    h.update(json.dumps([net.spec.name, list(net.spec.input_size), kwargs, job.data.pipeline.to_dict(), job.cfg.amp],
+    h.update(json.dumps([net.spec.name, list(net.spec.input_size), kwargs, pipeline.to_dict(), amp],
                         sort_keys=True, default=str).encode())
     heads = tuple(n + "." for n in head_names(net))
     for name, t in sorted(net.state_dict().items()):
@@ -81,41 +78,42 @@ def _update(h, name: str, t: torch.Tensor) -> None:
 
 
 @torch.no_grad()  # not inference_mode: the head is then trained on these tensors, which autograd must accept
-def embed_split(job: Job, data: ImageDataset, label: str, quiet: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_split(cfg: TrainConfig, net: nn.Module, data: ImageDataset, pipeline: Pipeline, device: torch.device,
+                label: str, quiet: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings (N, D) float32 and labels of a split: one pass of the frozen backbone, no augmentation."""
     # The training batch size: it fits the device when training, so an inference pass at it fits too.
-    loader = BatchLoader(data, job.cfg.batch_size, job.data.pipeline, device=job.device,
-                         channels_last=job.cfg.channels_last, num_workers=job.cfg.num_workers)
+    loader = BatchLoader(data, cfg.batch_size, pipeline, device=device, channels_last=cfg.channels_last,
+                         num_workers=cfg.num_workers)
     xs, ys = [], []
     for x, y in tqdm(loader, desc=f"embedding {label}", unit="batch", leave=False, disable=True if quiet else None,
                      dynamic_ncols=True):
-        with autocast(job.device, job.cfg.amp):
-            xs.append(embed(job.net, x).float().flatten(1))
+        with autocast(device, cfg.amp):
+            xs.append(embed(net, x).float().flatten(1))
         ys.append(y)
     if not xs:
         raise CnnlabError(f"the {label} split has no images to embed")
     return torch.cat(xs), torch.cat(ys)
 
 
-def split_features(job: Job, data: ImageDataset, label: str, quiet: bool) -> Features:
+def split_features(cfg: TrainConfig, net: nn.Module, data: ImageDataset, pipeline: Pipeline, device: torch.device,
+                   label: str, out: Printer) -> Features:
     """A split's embeddings from the cache, or computed and cached (atomically) for the next run."""
     start = time.perf_counter()
-    path = feature_cache_dir() / f"{job.cfg.model}-{label}-{feature_key(job, data)}.pt"
-    say = (lambda text: None) if quiet else print
+    path = feature_cache_dir() / f"{cfg.model}-{label}-{feature_key(net, pipeline, cfg.amp, data)}.pt"
     if path.is_file():
         try:
-            saved = torch.load(path, map_location=job.device, weights_only=True)
-            say(f"{label}: {len(saved['targets']):,} embeddings from the cache {path}")
+            saved = torch.load(path, map_location=device, weights_only=True)
+            out.note(f"{label}: {len(saved['targets']):,} embeddings from the cache {path}")
             return Features(saved["features"], saved["targets"], path, True, time.perf_counter() - start)
         except Exception:  # a damaged cache file is recomputed, never trusted
             path.unlink(missing_ok=True)
-    x, y = embed_split(job, data, label, quiet)
+    x, y = embed_split(cfg, net, data, pipeline, device, label, quiet=not out.enabled)
     seconds = time.perf_counter() - start
     try:
         atomic_save({"format": CACHE_FORMAT, "features": x.cpu(), "targets": y.cpu()}, path)
     except OSError as exc:  # a read-only or full cache disk costs the next run time, not this one its result
-        say(f"could not cache the embeddings in {path}: {exc.strerror or exc}")
-    say(f"{label}: embedded {len(y):,} images ({x.shape[1]} features each) in {seconds:.1f} s, cached in {path}")
+        out.note(f"could not cache the embeddings in {path}: {exc.strerror or exc}")
+    out.note(f"{label}: embedded {len(y):,} images ({x.shape[1]} features each) in {seconds:.1f} s, cached in {path}")
     return Features(x, y, path, False, seconds)
 
 
@@ -154,42 +152,32 @@ class StandardizedHead(nn.Module):
         self.linear.bias.copy_(head.bias + head.weight @ self.mean)
 
 
-# ---------------------------------------------------------------- the run over embeddings
+# ---------------------------------------------------------------- the splits as embeddings
 
 
-def embeddings_job(job: Job) -> Job:
-    """The same run with images replaced by their (cached) embeddings and a linear head as the trained network."""
-    cfg, net = job.cfg, job.net
-    if not getattr(net, "head_names", None):
-        raise CnnlabError(f"--feature-extraction needs a pretrained backbone with a replaceable head "
-                          f"({', '.join(pretrained_backbones())}); {cfg.model} has none: train it normally")
-    if job.env.enabled:
-        raise CnnlabError("--feature-extraction runs in one process (fitting the head takes seconds); drop --nproc")
+def embed_splits(cfg: TrainConfig, net: nn.Module, splits: dict[str, BatchLoader | None], pipeline: Pipeline,
+                 device: torch.device, out: Printer) -> tuple[dict[str, BatchLoader | None], nn.Module, dict]:
+    """(the splits as loaders of their embeddings, the standardized linear head trained on them, what was done:
+    seconds, features, cache files) for a backbone frozen in inference mode."""
     freeze_backbone(net, True)
     net.eval()  # embeddings come from the inference-mode network: BatchNorm statistics, no dropout
-    quiet = cfg.quiet or cfg.json or not job.env.is_main
-    splits = {"train": job.data.train, "val": job.data.val, "test": job.data.test}
-    feats = {k: split_features(job, loader.data, k, quiet) for k, loader in splits.items() if loader is not None}
+    feats = {k: split_features(cfg, net, loader.data, pipeline, device, k, out)
+             for k, loader in splits.items() if loader is not None}
     train = feats["train"]
     # Standardized embeddings; a constant feature is left as it is, not divided by 0.
     head = StandardizedHead(train.x.mean(0), train.x.std(0, correction=0).clamp_min(1e-6),
                             net.get_submodule(head_names(net)[0]))
-    data = RunData(
-        train=BatchLoader(_embedded(train, job.data.info, "train"), cfg.batch_size, None, shuffle=True,
-                          seed=cfg.seed, device=job.device),
-        val=BatchLoader(_embedded(feats["val"], job.data.info, "val"), cfg.eval_batch_size, None,
-                        device=job.device) if "val" in feats else None,
-        test=BatchLoader(_embedded(feats["test"], job.data.info, "test"), cfg.eval_batch_size, None, device=job.device),
-        pipeline=job.data.pipeline, augment=Augment(), info=job.data.info,  # each image is embedded once, unaugmented
-    )
-    extra = {"feature_extraction": {
-        "embed_seconds": round(sum(f.seconds for f in feats.values()), 3),
-        "features": int(train.x.shape[1]),
-        "cache": {k: {"file": str(f.path), "hit": f.from_cache} for k, f in feats.items()},
-    }}
-    return dataclasses.replace(job, net=head, model=head, classifier=Classifier(net, head=head),
-                               optimizer=build_optimizer(cfg, head), schedule=build_schedule(cfg, len(data.train)),
-                               data=data, results_extra=extra)
+    info = splits["train"].data.info
+    loaders = {
+        "train": BatchLoader(_embedded(train, info, "train"), cfg.batch_size, None, shuffle=True, seed=cfg.seed,
+                             device=device),
+        "val": BatchLoader(_embedded(feats["val"], info, "val"), cfg.eval_batch_size, None,
+                           device=device) if "val" in feats else None,
+        "test": BatchLoader(_embedded(feats["test"], info, "test"), cfg.eval_batch_size, None, device=device),
+    }
+    report = {"embed_seconds": round(sum(f.seconds for f in feats.values()), 3), "features": int(train.x.shape[1]),
+              "cache": {k: {"file": str(f.path), "hit": f.from_cache} for k, f in feats.items()}}
+    return loaders, head, report
 
 
 def _embedded(f: Features, info: DatasetInfo, split: str) -> ImageData:

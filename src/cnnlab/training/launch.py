@@ -68,7 +68,7 @@ def check_before_launch(nproc: int, settings: dict[str, Any]) -> None:
     """Catch the mistakes every process would make, once, before starting them."""
     from cnnlab.training.config import resolve
     from cnnlab.training.distributed import check_sync_bn
-    from cnnlab.training.setup import pick_device
+    from cnnlab.training.process import pick_device
 
     if nproc < 1:
         raise CnnlabError(f"--nproc must be at least 1, got {nproc}")

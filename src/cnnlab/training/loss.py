@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ class Criterion:
     single_logit: bool = False
     label_smoothing: float = 0.0
     class_weights: tuple[float, ...] | None = None  # one per class, or None: every image counts once
+    weights_why: str = field(default="none", compare=False)  # why it weighs the classes so (config.json says it)
 
     def per_image(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The loss of each row (N,) in float32, as evaluation reports it (no label smoothing, no class weights)."""

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -23,9 +22,6 @@ from cnnlab.training.checkpoint import rng_state, set_rng_state
 from cnnlab.training.engine import set_lr, train_step
 from cnnlab.training.loss import Criterion
 from cnnlab.training.schedule import RANGE_TEST, exponential
-
-if TYPE_CHECKING:
-    from cnnlab.training.setup import Job
 
 START_LR, END_LR, NUM_STEPS = RANGE_TEST
 BETA = 0.9  # smoothing of the loss: an exponential moving average, debiased (fastai: 0.98, which lags by ~50 steps)
@@ -191,62 +187,3 @@ def plot(result: LRFinderResult, path: str | Path, title: str | None = None) -> 
         ax.legend()
         fig = ax.get_figure()
     return save_figure(fig, path)
-
-
-def find_for_job(job: "Job", num_steps: int = NUM_STEPS) -> LRFinderResult:
-    """The range test on a built run's model, optimizer and training batches (all restored after)."""
-    from cnnlab.training.setup import set_train_mode
-
-    cfg = job.cfg
-    set_train_mode(job.net, cfg, 0)
-    if job.env.enabled:
-        raise CnnlabError("--lr auto runs the range test in one process; run `cnnlab lr-find` with the same options, "
-                          "then train with --nproc N --lr VALUE")
-    return lr_find(job.model, job.criterion, job.optimizer, job.data.train, job.device, num_steps=num_steps,
-                   scaler=job.scaler, amp=cfg.amp, grad_clip=cfg.grad_clip)
-
-
-def use_suggestion(job: "Job", num_steps: int = NUM_STEPS) -> LRFinderResult:
-    """--lr auto: run the range test and train with its suggestion (the peak of one-cycle, the base rate of the
-    other schedules); the value and its reason go to config.json, and a resume reads the value from there."""
-    from cnnlab.training.console import Printer
-
-    result = find_for_job(job, num_steps)
-    if result.suggestion is None:
-        raise CnnlabError(f"--lr auto: {result.problem}. Nothing was trained; give --lr VALUE (`cnnlab lr-find` with "
-                          f"the same options draws the curve)")
-    lr = float(f"{result.suggestion:.3g}")
-    job.cfg = dataclasses.replace(job.cfg, lr=lr)
-    job.schedule = dataclasses.replace(job.schedule, base_lr=lr)
-    set_lr(job.optimizer, job.schedule(0))
-    reason = (f"learning-rate range test, {len(result.lrs)} steps from {result.lrs[0]:.0e}: halfway down the fall "
-              f"of the smoothed loss (rule: {result.to_dict()['rule']})")
-    job.choices["lr"] = {"value": lr, "reason": reason, "seconds": round(result.seconds, 2)}
-    Printer(job.cfg, job.run_dir, job.env.is_main).note(f"--lr auto: {lr:g} ({reason}; {result.seconds:.1f} s)")
-    return result
-
-
-def lr_find_config(cfg: Any, **kwargs: Any) -> tuple[LRFinderResult, str]:
-    """The range test on a config's model, data, loss and optimizer, built as `cnnlab train` builds them (but no run
-    folder); (the result, the dataset's name)."""
-    from cnnlab.training.setup import (
-        build_criterion,
-        build_data,
-        build_model,
-        build_optimizer,
-        output_classes,
-        resolve_amp,
-        set_train_mode,
-        start_process,
-    )
-
-    device, env = start_process(cfg)
-    cfg = dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, device))
-    data = build_data(cfg, env, device)
-    net, model = build_model(cfg, data, env, device)
-    set_train_mode(net, cfg, 0)
-    criterion, _ = build_criterion(cfg, data, output_classes(cfg, len(data.info.classes))[1])  # as training weighs it
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
-    result = lr_find(model, criterion, build_optimizer(cfg, net), data.train, device, scaler=scaler, amp=cfg.amp,
-                     grad_clip=cfg.grad_clip, **kwargs)
-    return result, data.info.name

@@ -221,7 +221,7 @@ class Run(Predictor):
 
     @property
     def outputs_are_probs(self) -> bool:
-        return bool(self.spec.kwargs.get("final_softmax"))
+        return self.spec.outputs_are_probs
 
     @property
     def single_logit(self) -> bool:

@@ -1,37 +1,30 @@
-"""A run's epochs: train, validate, log, checkpoint, stop when a rule or the user says so; then test the best weights.
+"""A run's epochs: train, validate, let the callbacks decide, record, checkpoint; then test the best weights.
 
-fit(job, state) -> per epoch: train_one_epoch -> end_of_epoch (validate, metrics.jsonl, last.pt, best.pt) -> finish
-(best weights on the test split, results.json, curves.png).
+fit(job, state, callbacks) -> per epoch: train_one_epoch -> end_of_epoch (validate, the callbacks' changes applied,
+metrics.jsonl, last.pt, best.pt) -> finish (best weights on the test split, results.json, curves.png).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
-import json
 import math
 import signal
 import threading
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterable
 
-from cnnlab.data import take
-from cnnlab.errors import CnnlabError
-from cnnlab.files import atomic_save, atomic_write_json, atomic_write_text
-from cnnlab.training import adapt, budget, metrics
-from cnnlab.training.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.training import budget, metrics
+from cnnlab.training.callbacks import Callbacks, TrainingRun, run_callbacks
+from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.console import Printer
 from cnnlab.training.distributed import shutdown, weights_digest
 from cnnlab.training.engine import NonFiniteLoss, train_one_epoch
 from cnnlab.training.inference import evaluate
+from cnnlab.training.record import RunFiles
 from cnnlab.training.run import Run
-from cnnlab.training.rundir import environment
-from cnnlab.training.setup import Job, describe, set_train_mode
-from cnnlab.training.state import TrainState, checkpoint_state
+from cnnlab.training.setup import Job, describe, follow, set_train_mode
+from cnnlab.training.state import EpochMeter, TrainState
 
-PROBE_IMAGES = 4  # images whose feature maps --probe-every records
 CURVE_POINTS = 50  # training-loss points per epoch kept in the history (curves.png)
 
 
@@ -61,85 +54,71 @@ class StopFlag:
             signal.signal(sig, previous)
 
 
-OnStep = Callable[[Job, TrainState], None]
-
-
-def fit(job: Job, state: TrainState, on_step: OnStep | None = None, resumed: bool = False) -> Run:
-    """Epochs of training and validation with checkpoints, then the test split on the best weights."""
-    try:
-        return _fit(job, state, on_step, resumed)
-    finally:
-        if job.lock is not None:
-            job.lock.release()
-
-
-def _fit(job: Job, state: TrainState, on_step: OnStep | None, resumed: bool) -> Run:
-    out = Printer(job.cfg, job.run_dir, job.env.is_main)
+def fit(job: Job, state: TrainState, callbacks: Iterable[Any] = (), out: Printer | None = None,
+        resumed: bool = False) -> Run:
+    """Epochs of training and validation with checkpoints, then the test split on the best weights; `callbacks`
+    (see callbacks.Callback) are called after the run's own. The caller releases the job (`with build(...)`)."""
+    out = out or Printer(job.cfg, job.env.is_main)
+    files = RunFiles(job) if job.env.is_main else None
+    hooks = Callbacks([*run_callbacks(job.cfg, job.env.is_main, job.plan.budget), *callbacks])
     state.status = "running"
-    if job.env.is_main:
-        write_config(job)
+    if files is not None:
+        files.config()
         if resumed:  # the checkpoint's history is the truth: drop rows of epochs the checkpoint does not hold
-            with writing(job, job.run_dir / "metrics.jsonl"):
-                atomic_write_text("".join(json.dumps(row) + "\n" for row in state.history),
-                                  job.run_dir / "metrics.jsonl")
+            files.metrics(state.history)
     if not resumed:
-        out.auto(job.auto)
-    out.start(describe(job), resumed, state)
-    if job.cfg.probe_every and job.env.is_main and not resumed:
-        probe(job, state)  # epoch 0: the random filters, so the report's strip starts before any learning
-    tb = open_tensorboard(job)
+        out.auto(job.plan.auto)
+    out.start(job.cfg, describe(job), resumed, state, job.run_dir)
     results = None
     try:
+        hooks.train_begin(TrainingRun(job, state, resumed))
         with StopFlag() as stop:
-            if run_epochs(job, state, stop, out, tb, on_step):
-                return interrupted(job, state, out)
+            if run_epochs(job, state, stop, hooks, files, out):
+                return interrupted(job, state, files, out)
         state.status = "completed"
-        results = finish(job, state, out)
+        results = finish(job, state, files, out)
     except NonFiniteLoss as exc:
         state.status = "diverged"
-        if job.env.is_main:
-            atomic_write_json({"status": "diverged", "epochs_run": state.epoch, "step": state.step},
-                              job.run_dir / "results.json")
+        if files is not None:
+            files.results({"status": "diverged", "epochs_run": state.epoch, "step": state.step})
         raise NonFiniteLoss(diverged_message(job, exc), exc.step, exc.value, exc.lr, exc.last_finite) from None
     finally:
-        if tb is not None:
-            tb.close()
+        hooks.train_end(results)
     shutdown(job.env)
     return Run(job.run_dir, model=job.classifier.module, results=results, status=state.status)
 
 
-def run_epochs(job: Job, state: TrainState, stop: StopFlag, out: Printer, tb: Any, on_step: OnStep | None) -> bool:
-    """Train epoch after epoch until the last one or a stopping rule; True when interrupted (Ctrl-C, SIGTERM).
-
-    The rules are checked before each epoch, so a run resumed after one of them stopped it (and killed before it
-    wrote its results) trains no further: it does what the uninterrupted run did.
-    """
-    while state.epoch < job.cfg.epochs:  # job.cfg: a --budget plan may be revised after each epoch
-        cfg = job.cfg
-        reason = stop_reason(cfg, state) if state.meter is None else None
-        if reason:
-            out.note(f"stopping: {reason}")
+def run_epochs(job: Job, state: TrainState, stop: StopFlag, hooks: Callbacks, files: RunFiles | None,
+               out: Printer) -> bool:
+    """Train epoch after epoch until the last one or a stop a callback asked for (a stopping rule: checked after
+    each epoch and saved, so a resumed run that one of them stopped trains no further); True when interrupted
+    (Ctrl-C, SIGTERM)."""
+    while state.epoch < job.cfg.epochs:  # job.cfg: a callback may change the epochs after each one
+        if state.stopped and state.meter is None:
+            out.note(f"stopping: {state.stopped}")
             break
-        set_train_mode(job.net, cfg, state.epoch)
+        set_train_mode(job.net, job.cfg, state.epoch)
+        cfg = job.cfg
         if cfg.unfreeze_after and state.epoch == cfg.unfreeze_after and job.data.train.resume_batch == 0:
             out.note(f"epoch {state.epoch + 1}: backbone unfrozen (learning rate x{cfg.backbone_lr_scale:g})")
-        finished = train_epoch(job, state, stop, out, on_step)
+        finished = train_epoch(job, state, stop, hooks, files, out)
         if stop.agreed and not finished:
             return True
-        end_of_epoch(job, state, finished, out, tb)
+        end_of_epoch(job, state, finished, hooks, files, out)
         if job.env.any([stop.requested], job.device)[0]:  # Ctrl-C on an epoch's last step: it is saved
             return True
     return False
 
 
-def train_epoch(job: Job, state: TrainState, stop: StopFlag, out: Printer, on_step: OnStep | None) -> bool:
+def train_epoch(job: Job, state: TrainState, stop: StopFlag, hooks: Callbacks, files: RunFiles | None,
+                out: Printer) -> bool:
     """One epoch (or the rest of one) of train_one_epoch, with a resumable checkpoint every --checkpoint-every
     seconds; True when every batch of it was trained."""
     cfg, loader = job.cfg, job.data.train
     loader.set_epoch(state.epoch)
-    bar = out.bar(len(loader), state.epoch + 1, initial=loader.resume_batch)
+    bar = out.bar(len(loader), state.epoch + 1, cfg.epochs, initial=loader.resume_batch)
     saved_at = time.monotonic()
-    planned_end = job.budget.total_steps if job.budget is not None else None  # a --budget plan of part of an epoch
+    planned_end = job.plan.budget.total_steps if job.plan.budget is not None else None  # maybe part of an epoch
 
     def should_stop() -> bool:
         nonlocal saved_at
@@ -148,15 +127,16 @@ def train_epoch(job: Job, state: TrainState, stop: StopFlag, out: Printer, on_st
         # Act on flags every rank agrees on: a rank that stopped (or saved) alone would leave the others waiting.
         stop.agreed, time_up, due = job.env.any([stop.requested, time_up, due], job.device)
         if due and not (stop.agreed or time_up) and loader.position < len(loader):
-            save_mid_epoch(job, state)
+            mid = dataclasses.replace(state, meter=job_meter(job, state.meter), status="running")
+            if files is not None:  # the loader's position, the RNG states and the whole job's sums so far
+                files.checkpoint(mid, "last")
             saved_at = time.monotonic()
         return stop.agreed or time_up
 
-    def after_step(st: TrainState) -> None:
+    def after_step(st: TrainState, loss: float) -> None:
         if loader.position % max(1, round(len(loader) / CURVE_POINTS)) == 0:
             close_window(st.meter, st.epoch + loader.position / len(loader))
-        if on_step is not None:
-            on_step(job, st)
+        hooks.step_end(st.step, loss)
 
     try:
         complete = train_one_epoch(job.model, job.criterion, job.optimizer, job.schedule, loader, job.device, state,
@@ -167,13 +147,10 @@ def train_epoch(job: Job, state: TrainState, stop: StopFlag, out: Printer, on_st
     return complete or loader.position >= len(loader)  # stopped on the last batch: the epoch is complete
 
 
-def save_mid_epoch(job: Job, state: TrainState) -> None:
-    """last.pt in the middle of an epoch: the loader's position, the RNG states and the whole job's sums so far."""
-    m = state.meter
+def job_meter(job: Job, m: EpochMeter) -> EpochMeter:
+    """The epoch's sums over every process of the job (this process's curve kept)."""
     loss_sum, correct, seen = job.env.all_reduce_sum([m.loss_sum, m.correct, m.seen], job.device)
-    if job.env.is_main:
-        meter = dataclasses.replace(m, loss_sum=loss_sum, correct=correct, seen=int(seen))  # its curve kept
-        save(job, dataclasses.replace(state, meter=meter, status="running"), "last")
+    return dataclasses.replace(m, loss_sum=loss_sum, correct=correct, seen=int(seen))
 
 
 def close_window(m: Any, epoch: float) -> None:
@@ -183,71 +160,63 @@ def close_window(m: Any, epoch: float) -> None:
         m.mark = [m.loss_sum, m.seen]
 
 
-def end_of_epoch(job: Job, state: TrainState, finished: bool, out: Printer, tb: Any) -> dict:
-    """Validate, log one metrics row, and write last.pt (and best.pt when validation improved)."""
-    env, m = job.env, state.meter
+def epoch_row(job: Job, state: TrainState, finished: bool) -> dict[str, Any]:
+    """The epoch's metrics: training (the whole job's), validation (rank 0 validates), rate, speed, time."""
     loader = job.data.train
-    close_window(m, state.epoch + (1.0 if finished else loader.position / max(len(loader), 1)))
-    loss_sum, correct, seen = env.all_reduce_sum([m.loss_sum, m.correct, m.seen], job.device)
-    val = evaluate(job.net, job.data.val, job.criterion) if job.data.val is not None and env.is_main else None
+    close_window(state.meter, state.epoch + (1.0 if finished else loader.position / max(len(loader), 1)))
+    m = job_meter(job, state.meter)
+    val = evaluate(job.net, job.data.val, job.criterion) if job.data.val is not None and job.env.is_main else None
+    outputs_are_probs = job.classifier.module.spec.outputs_are_probs
     row = {
         "epoch": state.epoch + 1,
-        "train_loss": loss_sum / max(seen, 1),
-        "train_acc": correct / max(seen, 1),
+        "train_loss": m.loss_sum / max(m.seen, 1),
+        "train_acc": m.correct / max(m.seen, 1),
         "val_loss": val.loss if val else None,
-        "val_acc": val.accuracy(outputs_are_probs(job)) if val else None,
+        "val_acc": val.accuracy(outputs_are_probs) if val else None,
         "lr": job.optimizer.param_groups[0]["lr"] / job.optimizer.param_groups[0].get("lr_scale", 1.0),
-        "images_per_s": seen / max(m.seconds, 1e-9),
+        "images_per_s": m.seen / max(m.seconds, 1e-9),
         "elapsed_s": round(state.elapsed, 3),
         "train_loss_curve": m.curve,  # this process's training loss every few steps: [epoch, loss]
     }
     if not finished:
         row["partial"] = True
+    return row
+
+
+def end_of_epoch(job: Job, state: TrainState, finished: bool, hooks: Callbacks, files: RunFiles | None,
+                 out: Printer) -> dict:
+    """Validate, let the callbacks decide (rank 0's decisions, for every process), apply and record what they
+    changed, log one metrics row, write last.pt (and best.pt when validation improved)."""
+    env = job.env
+    # Rank 0's row (it validates) and clock on every rank: every process decides alike.
+    row, state.elapsed = env.broadcast_object((epoch_row(job, state, finished), state.elapsed))
     state.epoch += 1
     state.meter = None
     state.history.append(row)
-    score, loss = (row["val_acc"], row["val_loss"]) if val else (row["train_acc"], row["train_loss"])
-    score, loss, state.elapsed = env.broadcast([score, loss, state.elapsed], job.device)  # rank 0's: same decisions
+    score, loss = (row["val_acc"], row["val_loss"]) if row["val_acc"] is not None else (row["train_acc"],
+                                                                                          row["train_loss"])
     improved = job.cfg.select == "last" or is_better(score, loss, state)  # "last": the final weights are kept
     if improved:
         state.best_acc, state.best_loss, state.best_epoch, state.bad_epochs = score, loss, state.epoch, 0
     else:
         state.bad_epochs += 1
-    if finished and adapt.after_epoch(job, state, row, out) and env.is_main:
-        write_config(job)  # an added augmentation, revised epochs: before the checkpoint, so a resume follows them
-    if env.is_main:
-        with writing(job, job.run_dir / "metrics.jsonl"), open(job.run_dir / "metrics.jsonl", "a",
-                                                                   encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        save_epoch(job, state, improved)
-        if tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    tb.add_scalar(k, v, state.epoch)
-        if job.cfg.probe_every and state.epoch % job.cfg.probe_every == 0:
-            probe(job, state)
-    out.epoch(row, improved)
+    notes, replanned = [], False
+    for name, change in env.broadcast_object(hooks.epoch_end(state.epoch, row)):
+        if change.changes_plan:  # before the checkpoint, so a resume goes on with it
+            follow(job, job.plan.changed(change, state.epoch, name))
+            replanned = True
+        row.update(change.record)
+        state.stopped = state.stopped or change.stop
+        notes += [change.note] if change.note else []
+    if files is not None:
+        if replanned:
+            files.config()
+        files.add_metrics(row)
+        files.epoch_checkpoints(state, improved)
+    out.epoch(row, improved, job.cfg.epochs)
+    for note in notes:
+        out.note(note)
     return row
-
-
-def save_epoch(job: Job, state: TrainState, improved: bool) -> None:
-    """last.pt, and best.pt when validation improved ("last": finish writes best.pt). A feature-extraction run keeps
-    best.pt in memory until it ends: each checkpoint holds the whole backbone (45 MB for resnet18) for a head fitted
-    in milliseconds an epoch, and such a run is never resumed (run again, it takes seconds from the cached features)."""
-    best = improved and job.cfg.select != "last"
-    if job.classifier.head is not None:
-        job.kept_best = copy.deepcopy(checkpoint_state(job, state)) if best else job.kept_best
-        return
-    save(job, state, "last")
-    if best:
-        save(job, state, "best")
-
-
-def write_kept_best(job: Job) -> None:
-    """best.pt as a feature-extraction run kept it in memory (nothing when it kept none)."""
-    if job.kept_best is not None:
-        with writing(job, job.run_dir / "checkpoints" / "best.pt"):
-            save_checkpoint(job.kept_best, job.run_dir / "checkpoints" / "best.pt")
 
 
 def is_better(score: float, loss: float, state: TrainState) -> bool:
@@ -256,36 +225,23 @@ def is_better(score: float, loss: float, state: TrainState) -> bool:
     return score > state.best_acc or (score == state.best_acc and loss < state.best_loss)
 
 
-def stop_reason(cfg: Any, state: TrainState) -> str | None:
-    """Why training stops before its last epoch (--max-time, --target-acc, --patience), or None to go on."""
-    if cfg.max_time and state.elapsed >= cfg.max_time:
-        return f"--max-time {cfg.max_time:g} s reached"
-    if cfg.target_acc is not None and state.best_acc >= cfg.target_acc:
-        return f"the best validation accuracy {state.best_acc:.2%} reached --target-acc {cfg.target_acc:.2%}"
-    if cfg.patience and state.bad_epochs >= cfg.patience:
-        return f"no better validation accuracy for {cfg.patience} epochs (--patience)"
-    return None
-
-
-def finish(job: Job, state: TrainState, out: Printer) -> dict | None:
+def finish(job: Job, state: TrainState, files: RunFiles | None, out: Printer) -> dict | None:
     """Test the best weights, write results.json and curves.png, print where everything is."""
     env, cfg = job.env, job.cfg
     # DDP keeps every rank's weights equal; a fingerprint of each rank's final weights shows it did.
     digests = env.all_gather_object(weights_digest(job.net.state_dict())) if env.enabled else None
-    if not env.is_main:
+    if files is None:
         return None
     if digests and len(set(digests)) > 1:
         out.note(f"warning: the processes finished with different weights ({len(set(digests))} versions); "
                  f"rank 0's are saved")
-    save(job, state, "last")
-    if cfg.select == "last":
-        save(job, state, "best")
-    write_kept_best(job)
+    files.final_checkpoints(state)
     best_path = job.run_dir / "checkpoints" / "best.pt"
     if best_path.exists():
         job.classifier.load_state_dict(load_checkpoint(best_path, job.device)["state_dict"])
     test = evaluate(job.net, job.data.test, job.criterion, tta=cfg.tta)
-    rep = metrics.report(test.logits, test.targets, test.loss, job.data.info.classes, outputs_are_probs(job))
+    outputs_are_probs = job.classifier.module.spec.outputs_are_probs
+    rep = metrics.report(test.logits, test.targets, test.loss, job.data.info.classes, outputs_are_probs)
     results = {
         **rep.to_dict("test"),
         "best_epoch": state.best_epoch,
@@ -294,39 +250,28 @@ def finish(job: Job, state: TrainState, out: Printer) -> dict | None:
         "train_seconds": round(state.elapsed, 2),
         "status": state.status,
         "tta": cfg.tta,
+        **({"stopped": state.stopped} if state.stopped else {}),
         **({"weights_sha1_by_rank": digests} if digests else {}),
-        **job.results_extra,
+        **({"feature_extraction": job.data.embedded} if job.data.embedded else {}),
     }
-    if job.budget is not None:
-        results["budget"] = budget.report(job.budget, state)
+    if job.plan.budget is not None:
+        results["budget"] = budget.report(job.plan.budget, state)
         out.note(budget.summary(results["budget"]))
-    with writing(job, job.run_dir / "curves.png"):
-        draw_curves(state.history, job.run_dir / "curves.png", state.best_epoch)
-    # results.json last: its presence says the run is complete (a resume finishes a run killed before it).
-    with writing(job, job.run_dir / "results.json"):
-        atomic_write_json(results, job.run_dir / "results.json")
-    out.finish(results)
+    files.curves(state.history, state.best_epoch)
+    files.results(results)  # last: its presence says the run is complete
+    out.finish(results, job.run_dir)
     return results
 
 
-def draw_curves(history: list[dict], path: Path, best_epoch: int | None = None) -> None:
-    """Loss and accuracy per epoch, the kept epoch marked, as curves.png."""
-    from cnnlab.viz import plot_curves, save_figure
-
-    save_figure(plot_curves(history, best_epoch=best_epoch), path)
-
-
-def interrupted(job: Job, state: TrainState, out: Printer) -> Run:
+def interrupted(job: Job, state: TrainState, files: RunFiles | None, out: Printer) -> Run:
     """Save where the run stopped (mid-epoch: the whole job's sums) and print how to resume."""
     state.status = "interrupted"
     if state.meter is not None:
-        m = state.meter
-        m.loss_sum, m.correct, seen = job.env.all_reduce_sum([m.loss_sum, m.correct, m.seen], job.device)
-        m.seen = int(seen)
-    if job.env.is_main:
-        save(job, state, "last")
-        write_kept_best(job)
-    out.interrupted(state)
+        state.meter = job_meter(job, state.meter)
+    if files is not None:
+        files.checkpoint(state, "last")
+        files.write_kept_best()
+    out.interrupted(state, job.run_dir)
     shutdown(job.env)
     return Run(job.run_dir, model=job.classifier.module, status="interrupted")
 
@@ -341,60 +286,3 @@ def diverged_message(job: Job, exc: NonFiniteLoss) -> str:
     return (f"{exc} with a learning rate of {lr} at that step (--lr {job.cfg.lr:g}){before}. Likely cause: the "
             f"learning rate is too high for this model; try {smaller}, or --grad-clip 1.0, or --warmup-epochs 1. "
             f"Check also the inputs for NaNs. Stopped; {kept}.")
-
-
-@contextlib.contextmanager
-def writing(job: Job, path: Path) -> Iterator[None]:
-    """A write into the run folder; a full disk or a read-only folder becomes one line saying what is kept."""
-    try:
-        yield
-    except OSError as exc:
-        last = job.run_dir / "checkpoints" / "last.pt"
-        kept = (f"the previous checkpoint {last} is intact: nothing before it is lost" if last.is_file() else
-                "no checkpoint was written yet")
-        raise CnnlabError(f"cannot write {path}: {exc.strerror or exc}. Stopped; {kept}. Free some space (or make the "
-                          f"folder writable), then: cnnlab train --resume {job.run_dir}") from None
-
-
-def save(job: Job, state: TrainState, name: str) -> None:
-    path = job.run_dir / "checkpoints" / f"{name}.pt"
-    with writing(job, path):
-        save_checkpoint(checkpoint_state(job, state), path)
-
-
-def write_config(job: Job) -> None:
-    path = job.run_dir / "config.json"
-    with writing(job, path):
-        atomic_write_json({"config": job.cfg.to_dict(), "resolved": describe(job), "environment": environment(),
-                           **({"auto": job.auto} if job.auto else {})}, path)
-
-
-def outputs_are_probs(job: Job) -> bool:
-    return bool(job.classifier.module.spec.kwargs.get("final_softmax"))
-
-
-def open_tensorboard(job: Job) -> Any:
-    """A SummaryWriter in RUN/tb with the first training images, for --tensorboard (main process only)."""
-    if not job.cfg.tensorboard or not job.env.is_main:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        from cnnlab.errors import CnnlabError
-
-        raise CnnlabError("--tensorboard needs the tensorboard package: pip install 'cnnlab[tensorboard]'") from None
-    writer = SummaryWriter(str(job.run_dir / "tb"))
-    x, _ = next(iter(job.data.train))
-    writer.add_images("train_samples", job.data.pipeline.denormalize(x[:16].float().cpu()), 0)
-    return writer
-
-
-def probe(job: Job, state: TrainState) -> None:
-    """Snapshot filters and feature maps of a few fixed images (the first of val, else of test) into RUN/probes."""
-    from cnnlab.inspect.probes import take_snapshot
-
-    loader = job.data.val if job.data.val is not None and len(job.data.val.targets) else job.data.test
-    images, targets = take(loader.data, range(min(PROBE_IMAGES, len(loader.targets))))
-    snapshot = take_snapshot(job.net, job.data.pipeline.convert(images), job.data.pipeline, job.device)
-    snapshot.update(epoch=state.epoch, targets=targets, classes=list(job.data.info.classes))
-    atomic_save(snapshot, job.run_dir / "probes" / f"epoch-{state.epoch:03d}.pt")

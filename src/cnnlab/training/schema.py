@@ -66,6 +66,15 @@ class BudgetSchema(BaseModel):
     revised_from: Annotated[int, Field(ge=0)] = 0
 
 
+class ChangeSchema(BaseModel):
+    """A change a callback made to the run after an epoch (training/plan.py's Plan.changes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    epoch: Annotated[int, Field(ge=0)]
+    by: Name
+    settings: dict[str, Any]
+
+
 class CheckpointSchema(BaseModel):
     """The metadata of a run's checkpoint (its tensors are checked by load_state_dict)."""
 
@@ -81,6 +90,8 @@ class CheckpointSchema(BaseModel):
     status: str
     dataset: str | None = None
     budget: BudgetSchema | None = None
+    stopped: Annotated[str, Field(max_length=1000)] | None = None  # why training stopped before its last epoch
+    changes: list[ChangeSchema] | None = None  # absent in runs from before callbacks
 
 
 def check_run_checkpoint(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -1,15 +1,12 @@
-"""A run's pieces, built from its config: device, data, model, loss, optimizer, schedule, run folder."""
+"""A run's pieces, built from its plan: device, data, model, loss, optimizer, schedule, run folder (`build`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import random
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -19,9 +16,13 @@ from cnnlab.data.domain import training_domain
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import CnnlabError
 from cnnlab.models import get_model, get_model_info, parse_input_size
-from cnnlab.training.config import TrainConfig
-from cnnlab.training.distributed import DistEnv, check_sync_bn, init_distributed, threads_per_process
+from cnnlab.training.config import TrainConfig, val_size_arg
+from cnnlab.training.console import Printer
+from cnnlab.training.distributed import DistEnv
+from cnnlab.training.features import embed_splits
 from cnnlab.training.loss import Criterion, class_weights
+from cnnlab.training.plan import Plan
+from cnnlab.training.process import resolve_amp, start_process
 from cnnlab.training.rundir import RunLock, checkpoint_bytes, shared_run_dir
 from cnnlab.training.schedule import Schedule
 from cnnlab.training.tta import check_tta, resolve_tta
@@ -37,6 +38,7 @@ class RunData:
     pipeline: Pipeline  # channels, size, normalization: the same in training and in prediction
     augment: Augment
     info: DatasetInfo  # classes, name, channels, which augmentations keep the labels
+    embedded: dict[str, Any] | None = None  # feature extraction: the splits are embeddings (seconds, size, cache)
 
 
 class Classifier:
@@ -64,9 +66,10 @@ class Classifier:
 
 @dataclass
 class Job:
-    """The built pieces of one run, as `fit` uses them (train_one_epoch and evaluate take them one by one)."""
+    """The built pieces of one run, as `fit` uses them (train_one_epoch and evaluate take them one by one); a
+    context manager that lets go of the run folder's lock on exit."""
 
-    cfg: TrainConfig
+    plan: Plan  # what the run is to do; the runner replaces it when a callback changes the run (`follow`)
     env: DistEnv
     device: torch.device
     net: nn.Module  # the network that is trained
@@ -77,98 +80,39 @@ class Job:
     scaler: torch.amp.GradScaler
     schedule: Schedule
     data: RunData
-    run_dir: Path
+    run_dir: Path | None  # None for a probe (built to be measured, never trained)
     lock: RunLock | None = None  # held on the run folder while this process writes it (the main process only)
-    results_extra: dict[str, Any] = field(default_factory=dict)  # more for results.json (feature extraction's)
-    class_weights_why: str = "none"  # why the loss weighs the classes as it does (--class-weights)
-    choices: dict[str, Any] = field(default_factory=dict)  # settings resolved when the run started: value, reason
-    budget: Any = None  # the --budget plan it follows (budget.BudgetPlan)
-    auto: dict[str, Any] | None = None  # what was chosen from the data, with reasons (training/auto.py)
-    kept_best: dict[str, Any] | None = None  # feature extraction: best.pt's contents, written when the run ends
 
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.plan.cfg
 
-# ---------------------------------------------------------------- the process
+    def __enter__(self) -> "Job":
+        return self
 
-
-def pick_device(name: str) -> torch.device:
-    """auto: CUDA if there is a GPU, else Apple's MPS, else the CPU; a requested device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError("--device cuda, but torch sees no CUDA GPU; use --device cpu (or auto)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise CnnlabError("--device mps, but this machine has no Apple GPU; use --device cpu (or auto)")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and torch; optionally insist on deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """The autocast a run uses. "auto" is bf16 only where the hardware computes it natively: elsewhere bf16 is
-    emulated and slower than float32 (fast-mnist's epoch took 7.5x as long on an AVX2-only CPU, measured)."""
-    if amp != "auto":
-        return amp
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "off"
-    if device.type == "cpu":
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "off"  # oneDNN: AVX-512 BF16 or AMX
-    return "off"
-
-
-def start_process(cfg: TrainConfig) -> tuple[torch.device, DistEnv]:
-    """The device, this process's place in a torchrun job, its CPU threads (only when asked or shared), the seed."""
-    device = pick_device(cfg.device)
-    if cfg.amp == "fp16" and device.type != "cuda":
-        raise CnnlabError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 (or off)")
-    env = init_distributed(device.type)
-    if env.enabled and device.type == "cuda":
-        device = torch.device("cuda", env.local_rank)
-    if cfg.sync_bn and env.enabled:
-        check_sync_bn(device)
-    threads = threads_per_process(cfg.threads, env)  # --threads, or N processes sharing a machine's cores
-    if threads:
-        torch.set_num_threads(threads)
-    seed_everything(cfg.seed, cfg.deterministic)
-    return device, env
+    def __exit__(self, *exc: Any) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
 # ---------------------------------------------------------------- data
 
 
-def _val_size(cfg: TrainConfig) -> int | float | None:
-    if cfg.val_size < 0:
-        return None
-    return cfg.val_size if 0 < cfg.val_size < 1 else int(cfg.val_size)
-
-
-def load_splits(cfg: TrainConfig, image_size: tuple[int, int] | None):
+def load_splits(cfg: TrainConfig, image_size: tuple[int, int] | None, out: Printer):
     """(train, val or None, test) datasets for the config."""
-    kw = dict(data_dir=cfg.data_dir, val_size=_val_size(cfg), image_size=image_size)
+    kw = dict(data_dir=cfg.data_dir, val_size=val_size_arg(cfg.val_size), image_size=image_size)
     train = get_dataset(cfg.dataset, "train", download=cfg.download, **kw)
     if 0 < cfg.subset < len(train):
         if cfg.subset < len(train.classes):
-            print(f"warning: --subset {cfg.subset} is smaller than the {len(train.classes)} classes of {cfg.dataset}: "
-                  f"some classes get no training image", file=sys.stderr)
+            out.warn(f"--subset {cfg.subset} is smaller than the {len(train.classes)} classes of {cfg.dataset}: some "
+                     f"classes get no training image")
         if train.images is None:
             raise CnnlabError("--subset works for datasets held in memory, not streamed folders")
         train = train.subset(stratified_split(train.targets, cfg.subset, seed=cfg.seed)[1])
-    val = get_dataset(cfg.dataset, "val", **kw) if _val_size(cfg) != 0 else None
+    val = get_dataset(cfg.dataset, "val", **kw) if val_size_arg(cfg.val_size) != 0 else None
     if val is not None and len(val) == 0:  # a carve-out of 0 images: no validation, rather than 0% every epoch
-        print(f"warning: {cfg.dataset} has too few training images for a validation split: the best epoch is "
-              f"chosen on the training split", file=sys.stderr)
+        out.warn(f"{cfg.dataset} has too few training images for a validation split: the best epoch is chosen on "
+                 f"the training split")
         val = None
     test = get_dataset(cfg.dataset, "test", **kw)
     return train, val, test
@@ -195,12 +139,12 @@ def normalization(cfg: TrainConfig, data_info: DatasetInfo, input_size) -> tuple
     return tuple(data_info.mean), tuple(data_info.std)
 
 
-def build_data(cfg: TrainConfig, env: DistEnv, device: torch.device) -> RunData:
+def build_data(cfg: TrainConfig, env: DistEnv, device: torch.device, out: Printer) -> RunData:
     """Splits -> loaders: the training one shuffled and augmented, each rank its share; the others in order."""
     # Folder datasets are decoded at the model's input size; built-in ones ignore this.
     size = parse_input_size(cfg.input_size)[-2:] if cfg.input_size else get_model_info(cfg.model).input_size[1:]
     with env.local_main_first():  # one process per machine downloads and fills the decode cache
-        train, val, test = load_splits(cfg, tuple(size))
+        train, val, test = load_splits(cfg, tuple(size), out)
     info = train.info
     input_size = model_input_size(cfg, info.channels)
     # The training images' polarity and statistics travel with the pipeline: prediction inverts and warns by them.
@@ -304,49 +248,86 @@ def build_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=base_lr(cfg), betas=(cfg.momentum, 0.999))
 
 
-STAND_IN_LR = 1e-3  # the optimizer's rate before the range test of --lr auto replaces it
+STAND_IN_LR = 1e-3  # the optimizer's rate in a probe of --lr auto (the range test sets every step's rate itself)
 
 
 def base_lr(cfg: TrainConfig) -> float:
-    """--lr; with --lr auto, a stand-in until the range test sets it (every step sets the rate from the schedule)."""
+    """--lr, as the plan settled it; a stand-in in the probe that --lr auto's range test runs on."""
     return STAND_IN_LR if cfg.lr == "auto" else cfg.lr
 
 
-def build_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
-    """The learning rate of every step of the run, from the epoch-based settings."""
-    return Schedule(cfg.schedule, base_lr(cfg), total_steps=steps_per_epoch * cfg.epochs,
+def build_schedule(plan: Plan, steps_per_epoch: int) -> Schedule:
+    """The learning rate of every step of the run: the plan's rate, over the plan's steps (its epochs', or the
+    --budget plan's)."""
+    cfg = plan.cfg
+    return Schedule(cfg.schedule, base_lr(cfg), total_steps=plan.total_steps(steps_per_epoch),
                     warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
                     step_size=max(1, round(cfg.step_epochs * steps_per_epoch)), gamma=cfg.gamma)
 
 
-def build_criterion(cfg: TrainConfig, data: RunData, single: bool) -> tuple[Criterion, str]:
+def build_criterion(cfg: TrainConfig, data: RunData, single: bool) -> Criterion:
     """The loss, its class weights from the training split's class counts (all of it, whatever this rank's share),
     and why it weighs them so."""
     counts = torch.bincount(data.train.targets.cpu().long(), minlength=len(data.info.classes)).tolist()
     weights, why = class_weights(cfg.class_weights, counts)
-    return Criterion(single_logit=single, label_smoothing=cfg.label_smoothing, class_weights=weights), why
+    return Criterion(single_logit=single, label_smoothing=cfg.label_smoothing, class_weights=weights,
+                     weights_why=why)
+
+
+def embedded_data(cfg: TrainConfig, data: RunData, net: nn.Module, env: DistEnv, device: torch.device,
+                  out: Printer) -> tuple[RunData, nn.Module]:
+    """--feature-extraction: the splits as the frozen backbone's embeddings (cached on disk, computed once from the
+    unaugmented images), and the linear head that is trained on them."""
+    from cnnlab.models.backbones import pretrained_backbones
+
+    if not getattr(net, "head_names", None):
+        raise CnnlabError(f"--feature-extraction needs a pretrained backbone with a replaceable head "
+                          f"({', '.join(pretrained_backbones())}); {cfg.model} has none: train it normally")
+    if env.enabled:
+        raise CnnlabError("--feature-extraction runs in one process (fitting the head takes seconds); drop --nproc")
+    loaders, head, report = embed_splits(cfg, net, {"train": data.train, "val": data.val, "test": data.test},
+                                         data.pipeline, device, out)
+    return dataclasses.replace(data, **loaders, augment=Augment(), embedded=report), head
 
 
 # ---------------------------------------------------------------- all of it
 
 
-def build(cfg: TrainConfig, run_dir: Path | None = None) -> Job:
-    """Wire up a run: data -> model -> loss -> optimizer -> schedule -> run folder (a new one, or `run_dir` to
-    resume it), locked for this process."""
+def build(plan: Plan, run_dir: Path | None = None, *, folder: bool = True, out: Printer | None = None) -> Job:
+    """Wire up a run from its plan: data -> model -> loss -> optimizer -> schedule -> run folder (a new one, or
+    `run_dir` to resume it), locked for this process. `folder=False`: a probe to measure, with no run folder."""
+    cfg = plan.cfg
+    out = out or Printer(cfg)
     device, env = start_process(cfg)
     cfg = dataclasses.replace(cfg, amp=resolve_amp(cfg.amp, device))  # what ran is what config.json records
-    data = build_data(cfg, env, device)
+    data = build_data(cfg, env, device, out)
     check_augment_on_overfit(cfg.augment_on_overfit, data)
     tta = resolve_tta(cfg.tta, data.augment.flip, cfg.feature_extraction)  # auto: flip where training mirrors
     cfg = dataclasses.replace(cfg, tta=check_tta(tta, data.info.flip_ok, data.info.name))
     net, model = build_model(cfg, data, env, device)
+    classifier = Classifier(net)
+    if cfg.feature_extraction:
+        data, head = embedded_data(cfg, data, net, env, device, out)
+        classifier, net, model = Classifier(net, head=head), head, head
     _, single = output_classes(cfg, len(data.info.classes))
-    criterion, weights_why = build_criterion(cfg, data, single)
-    run_dir, lock = shared_run_dir(cfg, env, needed_bytes=checkpoint_bytes(net), existing=run_dir)
-    return Job(cfg=cfg, env=env, device=device, net=net, model=model, classifier=Classifier(net),
-               criterion=criterion, class_weights_why=weights_why,
-               optimizer=build_optimizer(cfg, net), scaler=torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16"),
-               schedule=build_schedule(cfg, len(data.train)), data=data, run_dir=run_dir, lock=lock)
+    plan = dataclasses.replace(plan, cfg=cfg)
+    run_dir, lock = (shared_run_dir(cfg, env, needed_bytes=checkpoint_bytes(classifier.module), existing=run_dir)
+                     if folder else (None, None))
+    return Job(plan=plan, env=env, device=device, net=net, model=model, classifier=classifier,
+               criterion=build_criterion(cfg, data, single), optimizer=build_optimizer(cfg, net),
+               scaler=torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16"),
+               schedule=build_schedule(plan, len(data.train)), data=data, run_dir=run_dir, lock=lock)
+
+
+def follow(job: Job, plan: Plan) -> None:
+    """Make a built run follow a changed plan: the pieces a plan may change once built (the schedule's rate and
+    length, the training augmentation) are made again from it. The runner calls it for a callback's change."""
+    if plan.cfg.augment != job.cfg.augment:
+        augment = parse_augment(plan.cfg.augment, job.data.info)
+        job.data.augment = augment
+        job.data.train.augment = augment if augment.active else None
+    job.plan = plan
+    job.schedule = build_schedule(plan, len(job.data.train))
 
 
 def check_augment_on_overfit(spec: str, data: RunData) -> None:
@@ -360,14 +341,15 @@ def check_augment_on_overfit(spec: str, data: RunData) -> None:
 
 
 def describe(job: Job) -> dict[str, Any]:
-    """What the config turned into (config.json's "resolved"): sizes, classes, normalization, device."""
-    whole, data = job.classifier.module, job.data
+    """What the plan turned into (config.json's "resolved"): sizes, classes, normalization, device."""
+    whole, data, plan = job.classifier.module, job.data, job.plan
     return {
         "input_size": list(whole.spec.input_size),
         "num_outputs": whole.spec.num_classes,
         "single_logit": job.criterion.single_logit,
         "classes": list(data.info.classes),
-        "class_weights": {"weights": list(job.criterion.class_weights or []) or None, "why": job.class_weights_why},
+        "class_weights": {"weights": list(job.criterion.class_weights or []) or None,
+                          "why": job.criterion.weights_why},
         "dataset": data.info.name,
         "train_images": data.train.num_samples * job.env.world_size,
         "val_images": len(data.val.targets) if data.val else 0,
@@ -379,6 +361,7 @@ def describe(job: Job) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in whole.parameters()),
         "steps_per_epoch": len(data.train),
         "weights": getattr(whole, "weights_info", None),  # where a torchvision backbone's weights came from
-        **({"choices": job.choices} if job.choices else {}),
-        **({"budget": job.budget.to_dict()} if job.budget is not None else {}),
+        **({"choices": dict(plan.choices)} if plan.choices else {}),
+        **({"budget": plan.budget.to_dict()} if plan.budget is not None else {}),
+        **({"changes": list(plan.changes)} if plan.changes else {}),
     }
