@@ -477,7 +477,7 @@ def test_invalid_convolve_parameters_get_422(client: TestClient, fields: dict, w
 
 
 def test_serve_an_exported_model(digits_run: Path, tmp_path: Path, digits) -> None:
-    """An exported file predicts like its run; feature maps and Grad-CAM need the PyTorch run (501)."""
+    """An exported file predicts like its run; feature maps, Grad-CAM and the overview need the PyTorch run (501)."""
     from cnnlab.apps.export import export_run
 
     path = export_run(digits_run, "onnx", out=tmp_path / "lenet.onnx").path
@@ -487,8 +487,9 @@ def test_serve_an_exported_model(digits_run: Path, tmp_path: Path, digits) -> No
     reply = post_image(exported, "/api/predict?topk=10", digits[0][0]).json()["predictions"]
     expected = load_run(digits_run).predict_proba(digits[0][0])[0]
     assert all(abs(p["probability"] - float(expected[p["index"]])) < 1e-5 for p in reply)
-    refused = post_image(exported, "/api/explain", digits[0][0])
-    assert refused.status_code == 501 and "run folder" in refused.json()["detail"]
+    for url in ("/api/explain", "/api/layers", "/api/neuron?layer=conv1&channel=0"):
+        refused = post_image(exported, url, digits[0][0])
+        assert refused.status_code == 501 and "run folder" in refused.json()["detail"]
 
 
 def test_an_unexpected_failure_is_a_json_500_and_the_server_goes_on(digits_run: Path, digits) -> None:
@@ -719,13 +720,3 @@ def test_the_overview_and_worked_values_for_fastnet_and_efficientnet_lite0(fastn
     dw = post_image(http, "/api/neuron?layer=blocks.2.0.conv_dw&channel=7&row=0&col=0", photo).json()
     assert dw["in_channels"] == [7, 8] and len(dw["patch"]) == 1 and dw["groups"] > 1  # depthwise: its own channel
     assert dw["pads"]["bottom"] - dw["pads"]["top"] in (0, 1)  # TensorFlow's "same": the odd one at the end
-
-
-def test_the_overview_of_an_exported_model_is_a_501(digits_run: Path, tmp_path: Path, digits) -> None:
-    from cnnlab.apps.export import export_run
-
-    path = export_run(digits_run, "onnx", out=tmp_path / "lenet.onnx").path
-    exported = TestClient(create_app(path))
-    for url in ("/api/layers", "/api/neuron?layer=conv1&channel=0"):
-        reply = post_image(exported, url, digits[0][0])
-        assert reply.status_code == 501 and "run folder" in reply.json()["detail"]

@@ -41,12 +41,15 @@ SMOKE_ARGS: dict[str, list[str] | None] = {
     "pretrained_offline.py": ["--seeds", "1", "--per-class", "6", "--epochs", "1", "--only", "feature"],
     "auto_defaults.py": ["--quick", "--folders", "digits", "--threads", "1"],
     "channels_last.py": ["--steps", "2", "--rounds", "1", "--batches", "16"],
+    "overview_speed.py": ["--quick"],
 }
+SLOW_SMOKE = {"overview_speed.py"}  # the slow tier (scripts/test --fast leaves them out)
 
 # What a script must print besides its environment line.
 SMOKE_EXPECT = {
     "fault_matrix.py": ["1 of 1 killed runs ended bit-identical"],
     "api_fuzz.py": ["0 operations with failures"],
+    "overview_speed.py": ["efficientnet_lite0  3x96x96", "vs predict"],
     # our seeds run again after the reference, and the ratio uses both rounds
     "time_to_accuracy.py": ["fast-mnist, after the reference:", "median of both rounds", "before it", "after it"],
 }
@@ -113,7 +116,8 @@ def test_every_benchmark_script_has_a_smoke_setting() -> None:
     assert not missing, f"add a tiny setting for {missing} to SMOKE_ARGS in tests/test_speed.py"
 
 
-@pytest.mark.parametrize("script", [s for s, a in SMOKE_ARGS.items() if a is not None])
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW_SMOKE else s
+                                    for s, a in SMOKE_ARGS.items() if a is not None])
 def test_benchmark_script_runs(script: str, data_dir: Path) -> None:
     path = BENCHMARKS / script
     assert path.is_file(), f"{path} is gone: remove it from SMOKE_ARGS"

@@ -71,6 +71,10 @@ class OverviewCache:
                 total -= dropped.nbytes
         return seen
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
     def __len__(self) -> int:
         return len(self._items)
 
