@@ -294,6 +294,7 @@ def overview_columns(page) -> list[str]:
 def click_map(page, layer: str, channel: int, fx: float, fy: float) -> dict:
     """Click a map at a fraction of its width and height; the /api/neuron reply the page got."""
     crop = page.locator(f'#ov-net button.ov-map[data-layer="{layer}"][data-channel="{channel}"] .crop')
+    crop.scroll_into_view_if_needed()
     box = crop.bounding_box()
     with page.expect_response(lambda r: "/api/neuron" in r.url) as reply:
         page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
@@ -339,6 +340,11 @@ def test_draw_a_digit_see_the_whole_network_and_a_conv_value_worked_out(page, di
     shown = re.search(r"sum = (-?[\d.e-]+); the forward pass gave (-?[\d.e-]+)", text)
     assert float(shown[1]) == pytest.approx(r["sum"], rel=1e-5, abs=1e-7)
     shot(page, "overview-digit-conv-value")
+    # conv2 reads all 6 maps of pool1: three drawn as tables, the others as sums until asked for.
+    r = click_map(page, "conv2", 4, 0.5, 0.5)
+    assert r["agrees"] and len(r["patch"]) == 6 and page.locator("#ov-work .channel-work").count() == 3
+    page.locator("#ov-work button.more").click()
+    assert page.locator("#ov-work .channel-work").count() == 6
     # A pool value: its window, the kept value marked.
     r = click_map(page, "pool2", 0, 0.1, 0.1)
     assert r["kind"] == "pool" and r["agrees"] and page.locator("#ov-work td.kept").count() == 1

@@ -278,3 +278,16 @@ def test_single_logit_and_scaled_logits_are_said_as_they_are() -> None:
     seen = record_overview(res, torch.randn(1, 3, 32, 32))
     r = work_value(seen, "fc", 2)
     assert r["agrees"] and r["logit"] == pytest.approx(r["value"] * 0.125, rel=1e-5) and "scales" in r["note"]
+
+
+def test_an_activation_of_channels_last_linear_outputs_is_not_drawn_as_maps() -> None:
+    """ConvNeXt's blocks: a depthwise conv, then Linear -> GELU -> Linear on (N, H, W, C): those are not maps."""
+    from torchvision.ops import Permute
+
+    torch.manual_seed(7)
+    block = [nn.Conv2d(3, 4, 3, padding=1, groups=1), Permute([0, 2, 3, 1]), nn.Linear(4, 8), nn.GELU(),
+             nn.Linear(8, 4), Permute([0, 3, 1, 2]), nn.ReLU()]
+    seen = record_overview(classifier(*block, channels=4), torch.randn(1, 3, 6, 6))
+    assert seen.shown == ["0", "6", "7"] and seen.layers["3"].output.shape == (1, 6, 6, 8)  # 7: the global pool
+    assert work_value(seen, "6", 3, 5, 5)["agrees"]
+

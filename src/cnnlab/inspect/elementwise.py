@@ -90,9 +90,11 @@ def work_activation(module: nn.Module, x: float, channel: int) -> dict:
 
 def work_batchnorm(module: nn.Module, x: float, channel: int) -> dict:
     """y = (x - running mean) / sqrt(running var + eps) * weight + bias, for one value of one channel."""
-    if not isinstance(module, BATCHNORMS) or module.running_mean is None:
+    if not isinstance(module, BATCHNORMS):
+        raise CannotWorkOut(f"{type(module).__name__} is not written out by hand here (BatchNorm in eval mode is)")
+    if module.running_mean is None:
         raise CannotWorkOut(f"{type(module).__name__} without running statistics depends on the whole batch; "
-                            "only BatchNorm in eval mode is written out here")
+                            "only BatchNorm with running statistics is written out here")
     mean, var = float(module.running_mean[channel]), float(module.running_var[channel])
     w = float(module.weight.detach()[channel]) if module.weight is not None else 1.0
     b = float(module.bias.detach()[channel]) if module.bias is not None else 0.0

@@ -187,12 +187,17 @@ def record_overview(model: nn.Module, x: torch.Tensor, outputs_are_probs: bool =
         calls = rec.calls
     finally:
         restore_modes(saved)
-    shown = [k for k, c in calls.items() if c.kind in SHOWN_KINDS and c.is_map]
+    shown = [k for k, c in calls.items() if c.kind in SHOWN_KINDS and c.is_map and not _channels_last(c, calls)]
     head = _head(calls, logits)
     probs = probabilities(logits, outputs_are_probs)[0]
     notes = [] if shown else [f"{type(model).__name__} has no conv, activation or pool layer with maps"]
     return Overview(calls, shown, layer_groups([calls[k].name for k in shown], shown), logits[0], probs, head,
                     outputs_are_probs, notes)
+
+
+def _channels_last(call: LayerCall, calls: dict[str, LayerCall]) -> bool:
+    """An activation of a linear layer's (N, H, W, C) output (ConvNeXt's blocks): 4-D, but not maps."""
+    return call.source in calls and calls[call.source].kind == "dense"
 
 
 def _head(calls: dict[str, LayerCall], logits: torch.Tensor) -> str | None:

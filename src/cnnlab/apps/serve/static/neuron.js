@@ -4,6 +4,7 @@
 
 const BIG = 288;          // px: the chosen map, enlarged
 const CHANNEL_TABLES = 3; // input channels drawn as patch/kernel/product tables; the others as their sums
+const MAX_TABLES = 128;   // ... until asked for all of them, up to this many
 const LISTED = 12;        // rows of a 1x1 conv's channel list
 
 async function workOut(pick) {
@@ -116,17 +117,17 @@ function checkLine(computed, r, what) {
   ]);
 }
 
-function renderWorked(r) {
+function renderWorked(r, allChannels = false) {
   const title = el("h4", { textContent: r.kind === "dense"
     ? `${r.layer}, output ${r.channel}${r.class ? ` (class ${r.class})` : ""} = ${fmt(r.value, 6)}`
     : `${r.layer} (${r.type}), channel ${r.channel}, row ${r.row}, column ${r.col} = ${fmt(r.value, 6)}` });
   const body = { conv: renderConv, pool: renderPool, dense: renderDense }[r.kind];
-  const parts = [title, ...(body ? body(r) : [stepLine(r, true)])];
+  const parts = [title, ...(body ? body(r, allChannels) : [stepLine(r, true)])];
   if (r.chain && r.chain.length > 1) parts.push(renderChain(r));
   return parts;
 }
 
-function renderConv(r) {
+function renderConv(r, allChannels) {
   const [c0, c1] = r.in_channels;
   const [kh, kw] = [r.kernel[0].length, r.kernel[0][0].length];
   const pads = r.pads;
@@ -146,7 +147,8 @@ function renderConv(r) {
   if (kh * kw === 1) parts.push(pointwiseList(r, sums));
   else {
     const pad = (i, j) => (r.padding[i][j] ? "pad" : "");
-    for (let k = 0; k < Math.min(CHANNEL_TABLES, sums.length); k++) {
+    const tables = allChannels ? Math.min(sums.length, MAX_TABLES) : Math.min(CHANNEL_TABLES, sums.length);
+    for (let k = 0; k < tables; k++) {
       parts.push(el("div", { className: "channel-work" }, [
         labelled(`input channel ${c0 + k}: patch`, grid(r.patch[k], pad)),
         labelled("\u00d7 kernel", grid(r.kernel[k])),
@@ -154,10 +156,13 @@ function renderConv(r) {
         el("p", { className: "partial", textContent: `sum ${fmt(sums[k], 5)}` }),
       ]));
     }
-    if (sums.length > CHANNEL_TABLES) {
-      parts.push(el("p", { textContent: `The other ${sums.length - CHANNEL_TABLES} input channels, each its own ` +
-        `sum of ${kh * kw} products: ` + sums.slice(CHANNEL_TABLES).map((s, i) =>
-        `${c0 + CHANNEL_TABLES + i}: ${fmt(s, 3)}`).join(", ") }));
+    if (sums.length > tables) {
+      parts.push(el("p", { textContent: `The other ${sums.length - tables} input channels, each its own ` +
+        `sum of ${kh * kw} products: ` + sums.slice(tables).map((s, i) => `${c0 + tables + i}: ${fmt(s, 3)}`)
+        .join(", ") }));
+      parts.push(el("button", { type: "button", className: "more", textContent:
+        `Show the patch, kernel and products of ${sums.length > MAX_TABLES ? `the first ${MAX_TABLES}` : "every"} ` +
+        "input channel", onclick: () => $("ov-work").replaceChildren(...renderWorked(r, true)) }));
     }
   }
   const total = sums.reduce((a, b) => a + b, 0);
