@@ -122,6 +122,41 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def fastnet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fastnet (BatchNorm, stride 2, a global max pool) trained on the bundled digits for two epochs."""
+    import cnnlab
+
+    out = tmp_path_factory.mktemp("runs") / "fastnet-digits"
+    cnnlab.train(model="fastnet", dataset="digits", epochs=2, seed=0, out=str(out), quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lite0_run(photos_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A photo model: EfficientNet-Lite0's ImageNet features (offline, the `pretrained` extra) with a head fitted on
+    crops of three sample photos (astronaut, chelsea, coffee) at 96x96."""
+    import random
+
+    import cnnlab
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photo-crops")
+    rng = random.Random(0)
+    for name in ("astronaut", "chelsea", "coffee"):
+        img = Image.open(photos_dir / f"{name}.png").convert("RGB")
+        (root / name).mkdir()
+        w, h = img.size
+        for k in range(10):
+            s = int(min(w, h) * rng.uniform(0.3, 0.6))
+            x, y = rng.randint(0, w - s), rng.randint(0, h - s)
+            img.crop((x, y, x + s, y + s)).resize((64, 64), Image.Resampling.BILINEAR).save(root / name / f"{k}.png")
+    out = tmp_path_factory.mktemp("runs") / "lite0-photos"
+    cnnlab.train(model="efficientnet_lite0", dataset=f"folder:{root}", input_size="96x96", weights="DEFAULT",
+                 feature_extraction=True, epochs=3, seed=0, out=str(out), quiet=True)
+    return out
+
+
 class SignalAt:
     """A callback that sends this process a real signal (Ctrl-C unless told otherwise) after the given step."""
 

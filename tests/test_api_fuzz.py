@@ -31,7 +31,7 @@ def test_every_operation_conforms_to_its_own_schema(app) -> None:
     code, a body that fits the schema, never a server error."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 6
+    assert len(operations) >= 8  # predict, explain, layers, neuron, convolve, model, kernels, health
     for operation in operations:
 
         @given(case=operation.as_strategy())
@@ -61,6 +61,16 @@ GARBAGE = [
     ("/api/predict?tta=rotate", {"content": png(), "headers": {"Content-Type": "image/png"}}, 422),
     ("/api/explain?channels=0", {"content": png(), "headers": {"Content-Type": "image/png"}}, 422),
     ("/api/explain?target=zebra", {"content": png(), "headers": {"Content-Type": "image/png"}}, 422),
+    ("/api/layers", {"content": png()[:20], "headers": {"Content-Type": "image/png"}}, 400),
+    ("/api/layers?channels=100000", {"content": png(), "headers": {"Content-Type": "image/png"}}, 422),
+    ("/api/layers?layer=fc2", {"content": png(), "headers": {"Content-Type": "image/png"}}, 422),  # no maps
+    ("/api/neuron?layer=conv1&channel=0", {"content": b"hello", "headers": {"Content-Type": "text/plain"}}, 415),
+    ("/api/neuron?layer=conv1&channel=99999999999999999999", {"content": png(), "headers": {"Content-Type":
+                                                                                           "image/png"}}, 422),
+    ("/api/neuron?layer=conv1&channel=0&row=28", {"content": png(), "headers": {"Content-Type": "image/png"}}, 422),
+    ("/api/neuron?layer=" + "x" * 400 + "&channel=0", {"content": png(), "headers": {"Content-Type": "image/png"}},
+     422),
+    ("/api/neuron?layer=conv1", {"content": png(), "headers": {"Content-Type": "image/png"}}, 422),  # no channel
     ("/api/convolve", {"json": {"kernel": "gaussian:n=100000"}}, 422),  # ~3 GB if it were built
     ("/api/convolve", {"json": {"kernel": "gaussian:n=5,sigma=1e400"}}, 422),
     ("/api/convolve", {"json": {"kernel": [[1, 2], [3]]}}, 422),

@@ -1,5 +1,5 @@
-"""The prediction server's API: predict, explain, convolve, the default model cache, bad input, size limits,
-decompression bombs and concurrent requests."""
+"""The prediction server's API: predict, explain, convolve, the network overview and its worked values, the default
+model cache, bad input, size limits, decompression bombs and concurrent requests."""
 
 from __future__ import annotations
 
@@ -120,8 +120,11 @@ def test_health_model_docs_and_page(client: TestClient, digits_run: Path) -> Non
 
 
 def test_page_needs_no_network() -> None:
-    """Offline: no CDN, web font or external script; one HTML, one JS and one CSS file."""
-    assert sorted(p.name for p in STATIC.iterdir()) == ["app.js", "index.html", "style.css"]
+    """Offline: no CDN, web font or external script; one HTML file, its scripts and one CSS file."""
+    assert sorted(p.name for p in STATIC.iterdir()) == ["app.js", "index.html", "neuron.js", "overview.js",
+                                                        "style.css"]
+    page = (STATIC / "index.html").read_text()
+    assert all(f'<script src="/static/{name}" defer>' in page for name in ("app.js", "overview.js", "neuron.js"))
     for path in STATIC.iterdir():
         text = path.read_text()
         for bad in ("http://", "https://", "//cdn", "@import", "fonts.googleapis"):
@@ -476,7 +479,7 @@ def test_invalid_convolve_parameters_get_422(client: TestClient, fields: dict, w
 
 @pytest.mark.slow
 def test_serve_an_exported_model(digits_run: Path, tmp_path: Path, digits) -> None:
-    """An exported file predicts like its run; feature maps and Grad-CAM need the PyTorch run (501)."""
+    """An exported file predicts like its run; feature maps, Grad-CAM and the overview need the PyTorch run (501)."""
     from cnnlab.apps.export import export_run
 
     path = export_run(digits_run, "onnx", out=tmp_path / "lenet.onnx").path
@@ -486,8 +489,9 @@ def test_serve_an_exported_model(digits_run: Path, tmp_path: Path, digits) -> No
     reply = post_image(exported, "/api/predict?topk=10", digits[0][0]).json()["predictions"]
     expected = load_run(digits_run).predict_proba(digits[0][0])[0]
     assert all(abs(p["probability"] - float(expected[p["index"]])) < 1e-5 for p in reply)
-    refused = post_image(exported, "/api/explain", digits[0][0])
-    assert refused.status_code == 501 and "run folder" in refused.json()["detail"]
+    for url in ("/api/explain", "/api/layers", "/api/neuron?layer=conv1&channel=0"):
+        refused = post_image(exported, url, digits[0][0])
+        assert refused.status_code == 501 and "run folder" in refused.json()["detail"]
 
 
 def test_an_unexpected_failure_is_a_json_500_and_the_server_goes_on(digits_run: Path, digits) -> None:
@@ -576,3 +580,149 @@ def test_cli_serve_help() -> None:
     assert exc.value.code == 0
     assert main(["serve", "--port", "0"]) == 2  # refused before any model is loaded
     assert main(["serve", "no/such/run"]) == 2
+
+
+# ---------------------------------------------------------------- the network at a glance: /api/layers, /api/neuron
+
+
+def sprite_maps(layer: dict) -> list[np.ndarray]:
+    """Each map of a layer's sprite as (H, W, 3) colours, cut out of the grid the reply describes."""
+    s = layer["sprite"]
+    img = np.asarray(decode_data_url(s["image"]).convert("RGB"))
+    h, w, cols = s["height"], s["width"], s["columns"]
+    assert img.shape[:2] == (-(-s["count"] // cols) * h, cols * w)
+    return [img[(k // cols) * h:(k // cols + 1) * h, (k % cols) * w:(k % cols + 1) * w] for k in range(s["count"])]
+
+
+def test_layers_shows_every_map_layer_on_one_scale_per_layer(client: TestClient, digits_run: Path, digits) -> None:
+    from cnnlab.apps.serve.encode import ColourScale
+    from cnnlab.inspect import FeatureExtractor
+
+    data, label = digits[0]
+    reply = post_image(client, "/api/layers", data)
+    assert reply.status_code == 200 and len(reply.content) < 200_000  # LeNet's whole network: ~30 KB
+    body = reply.json()
+    layers = body["layers"]
+    assert [(layer["name"], layer["kind"], layer["shape"]) for layer in layers] == [
+        ("conv1", "conv", [6, 28, 28]), ("relu1", "act", [6, 28, 28]), ("pool1", "pool", [6, 14, 14]),
+        ("conv2", "conv", [16, 10, 10]), ("relu2", "act", [16, 10, 10]), ("pool2", "pool", [16, 5, 5])]
+    run = load_run(digits_run)
+    with FeatureExtractor(run.model) as fx, torch.no_grad():
+        run.model(run.pipeline.load(data))
+    for layer in layers:
+        ref = fx.features[layer["name"]][0]
+        assert layer["range"] == pytest.approx([float(ref.min()), float(ref.max())], abs=1e-6)
+        assert len(layer["maps"]) == min(8, ref.shape[0]) and layer["sprite"]["count"] == len(layer["maps"])
+        scale = ColourScale(layer["scale"]["low"], layer["scale"]["high"])
+        for m, colours in zip(layer["maps"], sprite_maps(layer)):
+            c = m["channel"]
+            assert (m["min"], m["max"]) == pytest.approx((float(ref[c].min()), float(ref[c].max())), abs=1e-6)
+            expected = scale.colours(ref[c].numpy())  # every pixel: its value's colour on the layer's scale
+            assert np.abs(colours.astype(int) - expected.astype(int)).max() <= 3
+    assert layers[1]["scale"]["low"] == 0  # after a ReLU: a scale from 0
+    assert layers[0]["scale"]["low"] == -layers[0]["scale"]["high"]  # signed: symmetric, white at 0
+    assert body["input"]["shape"] == [1, 28, 28] and decode_data_url(body["input"]["image"]).size == (224, 224)
+    head = body["head"]
+    assert head["layer"] == "fc2" and [a["name"] for a in head["after_maps"]] == ["fc1", "relu3", "fc2"]
+    probs = run.predict_proba(data)[0]
+    assert [c["probability"] for c in head["classes"]] == pytest.approx(probs.tolist(), abs=1e-6)
+    assert body["predictions"][0]["class"] == str(label)
+    more = post_image(client, "/api/layers?layer=conv2&channels=16", data).json()
+    assert list(more) == ["layers"] and len(more["layers"][0]["maps"]) == 16
+    assert len(sprite_maps(more["layers"][0])) == 16
+
+
+def test_neuron_works_out_a_conv_value_equal_to_torchs_convolution(client: TestClient, digits_run: Path,
+                                                                     digits) -> None:
+    data, _ = digits[1]
+    run = load_run(digits_run)
+    x = run.pipeline.load(data)
+    conv1, conv2 = run.model.conv1, run.model.conv2
+    with torch.no_grad():
+        ref1 = F.conv2d(x, conv1.weight, conv1.bias, padding=2)[0]
+        ref2 = F.conv2d(F.max_pool2d(F.relu(ref1[None]), 2), conv2.weight, conv2.bias)[0]
+    for layer, ref, (c, i, j) in [("conv1", ref1, (0, 0, 0)), ("conv1", ref1, (5, 14, 27)),
+                                  ("conv2", ref2, (15, 9, 0)), ("conv2", ref2, (3, 4, 6))]:
+        r = post_image(client, f"/api/neuron?layer={layer}&channel={c}&row={i}&col={j}", data).json()
+        assert set(r) >= {"patch", "kernel", "bias", "sum", "value"}
+        again = sum(p * k for pc, kc in zip(r["patch"], r["kernel"]) for pr, kr in zip(pc, kc)
+                    for p, k in zip(pr, kr)) + r["bias"]
+        assert r["sum"] == pytest.approx(again, rel=1e-12)  # sum: from the returned patch and kernel
+        assert r["sum"] == pytest.approx(r["value"], rel=1e-4) and r["agrees"]
+        assert r["value"] == pytest.approx(float(ref[c, i, j]), abs=1e-6)  # value: the forward pass's
+    corner = post_image(client, "/api/neuron?layer=conv1&channel=0&row=0&col=0", data).json()
+    assert corner["padding"][0] == [True] * 5 and corner["padding"][2] == [True, True, False, False, False]
+    assert corner["window"] == {"row0": -2, "col0": -2} and corner["chain"][1]["layer"] == "relu1"
+    pool = post_image(client, "/api/neuron?layer=pool1&channel=2&row=3&col=4", data).json()
+    assert pool["op"] == "max" and pool["rows"] == [6, 7] and pool["agrees"]
+    fc = post_image(client, "/api/neuron?layer=fc2&channel=7", data).json()
+    assert fc["class"] == "7" and fc["agrees"] and fc["softmax"]["agrees"]
+    assert fc["softmax"]["value"] == pytest.approx(float(run.predict_proba(data)[0][7]), abs=1e-6)
+
+
+def test_clicks_after_the_overview_reuse_its_forward_pass(digits_run: Path, digits, monkeypatch) -> None:
+    from cnnlab.apps.serve.state import ServedModel
+
+    app = create_app(digits_run)
+    http = TestClient(app)
+    passes = []
+    real = ServedModel.record
+    monkeypatch.setattr(ServedModel, "record", lambda self, x: passes.append(1) or real(self, x))
+    data = digits[2][0]
+    assert post_image(http, "/api/layers", data).status_code == 200
+    for j in range(5):
+        assert post_image(http, f"/api/neuron?layer=conv2&channel=1&row=2&col={j}", data).status_code == 200
+    assert len(passes) == 1 and app.state.overviews.hits == 5
+    assert post_image(http, "/api/neuron?layer=conv1&channel=0&row=0&col=0&invert=false", data).status_code == 200
+    assert len(passes) == 2  # another input (not inverted): another pass
+    cache = app.state.overviews
+    for data, _ in digits[:20]:
+        post_image(http, "/api/layers?channels=1", data)
+    assert len(cache) == cache.entries  # bounded
+
+
+@pytest.mark.parametrize("query, status, words", [
+    ("/api/neuron?layer=conv9&channel=0", 422, "Did you mean: conv"),
+    ("/api/neuron?layer=conv1&channel=6", 422, "outside conv1's 6x28x28 output"),
+    ("/api/neuron?layer=conv2&channel=0&row=10&col=0", 422, "0 <= row < 10"),
+    ("/api/neuron?layer=fc2&channel=10", 422, "10 outputs"),
+    ("/api/neuron?layer=fc2&channel=1&row=3", 422, "row 0, col 0"),
+    ("/api/neuron?channel=0", 422, "layer"),
+    ("/api/neuron?layer=conv1&channel=-1", 422, "channel"),
+    ("/api/layers?channels=65", 422, "layer=NAME"),
+    ("/api/layers?channels=0", 422, "channels"),
+    ("/api/layers?layer=fc1", 422, "layers with maps: conv1"),
+])
+def test_a_layer_or_position_that_does_not_exist_gets_a_clear_4xx(client: TestClient, digits, query: str,
+                                                                   status: int, words: str) -> None:
+    reply = post_image(client, query, digits[0][0])
+    assert reply.status_code == status, reply.text
+    assert words in reply.json()["detail"]
+
+
+def test_the_overview_and_worked_values_for_fastnet_and_efficientnet_lite0(fastnet_run: Path, lite0_run: Path,
+                                                                           digits, photos_dir: Path) -> None:
+    photo = (photos_dir / "chelsea.png").read_bytes()
+    for run_dir, data, first in [(fastnet_run, digits[0][0], "conv1.conv"), (lite0_run, photo, "conv_stem")]:
+        http = TestClient(create_app(run_dir))
+        reply = post_image(http, "/api/layers", data)
+        assert reply.status_code == 200 and len(reply.content) < 2_000_000
+        body = reply.json()
+        assert body["layers"][0]["name"] == first and body["layers"][0]["kind"] == "conv"
+        run = load_run(run_dir)
+        probs = run.predict_proba(data)[0]
+        assert [c["probability"] for c in body["head"]["classes"]] == pytest.approx(probs.tolist(), abs=1e-5)
+        for layer in body["layers"]:
+            c, h, w = layer["shape"]
+            for pos in [(0, 0, 0), (c - 1, h - 1, w - 1), (c // 2, h // 2, w // 2)]:
+                r = post_image(http, "/api/neuron?layer={}&channel={}&row={}&col={}".format(layer["name"], *pos),
+                               data).json()
+                assert r["agrees"] and all(s.get("agrees", True) for s in r["chain"]), (layer["name"], pos, r)
+        top = int(probs.argmax())
+        r = post_image(http, f"/api/neuron?layer={body['head']['layer']}&channel={top}", data).json()
+        assert r["agrees"] and r["softmax"]["agrees"] and r["class"] == run.classes[top]
+    groups = {layer["group"] for layer in body["layers"]}  # EfficientNet-Lite0's blocks
+    assert {"blocks.0.0", "blocks.6.0"} <= groups
+    dw = post_image(http, "/api/neuron?layer=blocks.2.0.conv_dw&channel=7&row=0&col=0", photo).json()
+    assert dw["in_channels"] == [7, 8] and len(dw["patch"]) == 1 and dw["groups"] > 1  # depthwise: its own channel
+    assert dw["pads"]["bottom"] - dw["pads"]["top"] in (0, 1)  # TensorFlow's "same": the odd one at the end

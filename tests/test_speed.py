@@ -41,12 +41,13 @@ SMOKE_ARGS: dict[str, list[str] | None] = {
     "pretrained_offline.py": ["--seeds", "1", "--per-class", "6", "--epochs", "1", "--only", "feature"],
     "auto_defaults.py": ["--quick", "--folders", "digits", "--threads", "1"],
     "channels_last.py": ["--steps", "2", "--rounds", "1", "--batches", "16"],
+    "overview_speed.py": ["--quick"],
 }
-
 # What a script must print besides its environment line.
 SMOKE_EXPECT = {
     "fault_matrix.py": ["1 of 1 killed runs ended bit-identical"],
     "api_fuzz.py": ["0 operations with failures"],
+    "overview_speed.py": ["efficientnet_lite0  3x96x96", "vs predict"],
     # our seeds run again after the reference, and the ratio uses both rounds
     "time_to_accuracy.py": ["fast-mnist, after the reference:", "median of both rounds", "before it", "after it"],
 }

@@ -1,10 +1,11 @@
-"""The FastAPI app: a JSON API for prediction, explanation and the convolution playground, and the web page at `/`.
+"""The FastAPI app: a JSON API for prediction, explanation, the network overview and the convolution playground, and
+the web page at `/`.
 
     app = create_app("runs/lenet-digits")        # or create_app() for the default digits model
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Every error is JSON {"detail": "..."}: 400 unreadable image, 413 too large (bytes or pixels), 415 not an image,
-422 invalid parameter (kernel, stride, layer, class, ...), 501 not possible with this model.
+422 invalid parameter (kernel, stride, layer, class, position, ...), 501 not possible with this model.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cnnlab.apps.serve import playground
 from cnnlab.apps.serve.errors import ServeError
+from cnnlab.apps.serve.overview import MAX_LAYER_CHANNELS, OverviewCache, Seen, layers_reply, neuron_reply
 from cnnlab.apps.serve.state import ServedModel, input_notes, top_classes
 from cnnlab.apps.serve.uploads import MAX_PIXELS, MAX_UPLOAD_BYTES, BodySizeLimit, decode_image, read_upload
 from cnnlab.data.images import BadImageError
@@ -88,7 +90,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The error replies a route can give, for its OpenAPI entry (a client generated from it expects them)."""
     about = {400: "not a readable image, or a malformed body", 413: "too many bytes, or an image with too many pixels",
              415: "the body is not an image (nor JSON carrying one)", 422: "a parameter out of range or unknown",
-             501: "not possible with this model (feature maps of an exported model)"}
+             501: "not possible with this model (feature maps of an exported model, a layer type whose values "
+                  "are not worked out by hand)"}
     return {code: {"model": ErrorBody, "description": about[code]} for code in codes}
 
 
@@ -106,9 +109,11 @@ def create_app(run: Any = None, *, max_upload_bytes: int = MAX_UPLOAD_BYTES, max
     app.state.model = served
     app.state.max_pixels = max_pixels
     app.state.started = time.time()
+    app.state.overviews = OverviewCache()  # one forward pass per image for /api/layers and its /api/neuron clicks
     app.add_middleware(BodySizeLimit, max_bytes=max_upload_bytes)
     _add_error_handlers(app)
     _add_routes(app)
+    _add_overview_routes(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_offline_docs(app)
     return app
@@ -223,6 +228,38 @@ def _add_routes(app: FastAPI) -> None:
         return await run_in_threadpool(_convolve, request, upload.data, upload.fields)
 
 
+def _add_overview_routes(app: FastAPI) -> None:
+    """The network at a glance: every layer's maps for one image, and one value worked out (a click)."""
+
+    @app.post("/api/layers", summary="The whole network for one image: every conv, activation and pool layer's "
+                                      "maps, one colour scale per layer, then the class scores",
+              openapi_extra={"requestBody": IMAGE_BODY}, responses={**IMAGE_ERRORS, **_errors(501)})
+    async def layers(request: Request,
+                     channels: int = Query(8, ge=1, le=MAX_LAYER_CHANNELS,
+                                           description="maps per layer (the first channels); at most 64 for the "
+                                                       "whole network, up to every channel with `layer`"),
+                     layer: str | None = Query(None, max_length=300, description="only this layer's column (e.g. "
+                                               "to show all its maps)"),
+                     invert: bool = Query(True, description=INVERT_HELP)) -> dict[str, Any]:
+        upload = await read_upload(request)
+        return await run_in_threadpool(_layers, request, upload.data, channels, layer, invert)
+
+    @app.post("/api/neuron", summary="One value worked out from the layer's weights and its input: a conv's patch, "
+                                      "kernel, products and sum; a pool's window; an activation; the last linear "
+                                      "layer's contributions and the softmax",
+              openapi_extra={"requestBody": IMAGE_BODY}, responses={**IMAGE_ERRORS, **_errors(501)})
+    async def neuron(request: Request,
+                     layer: str = Query(..., max_length=300, description="a layer of /api/layers, or the last "
+                                                                          "linear layer (its `head.layer`)"),
+                     channel: int = Query(..., ge=0, le=2**20, description="output channel (a linear layer: "
+                                                                           "output, e.g. the class)"),
+                     row: int = Query(0, ge=0, le=2**20, description="row of the map (0 for a linear layer)"),
+                     col: int = Query(0, ge=0, le=2**20, description="column of the map (0 for a linear layer)"),
+                     invert: bool = Query(True, description=INVERT_HELP)) -> dict[str, Any]:
+        upload = await read_upload(request)
+        return await run_in_threadpool(_neuron, request, upload.data, layer, channel, row, col, invert)
+
+
 def _predict(request: Request, data: bytes, topk: int, input_image: bool, tta: str = "none",
              invert: bool = True) -> dict[str, Any]:
     served = _model(request)
@@ -254,6 +291,33 @@ def _explain(request: Request, data: bytes, layer: str | None, channels: int, ta
                     "about": "red = regions whose activations raise the target class's score most"},
         "notes": result.notes,
     }
+
+
+def _seen(request: Request, data: bytes, invert: bool) -> Seen:
+    """The image's recorded pass, from the cache when this image (and invert flag) was seen lately."""
+    served = _model(request)
+
+    def compute() -> Seen:
+        x, check = served.prepare(_decode_for_model(request, data), invert)
+        return Seen(x, check, served.record(x))
+
+    return request.app.state.overviews.get(OverviewCache.key(data, invert), compute)
+
+
+def _layers(request: Request, data: bytes, channels: int, layer: str | None, invert: bool) -> dict[str, Any]:
+    served = _model(request)
+    seen = _seen(request, data, invert)
+    if layer is not None:
+        return layers_reply(seen, served.classes, "", [], channels, layer)
+    probs = seen.overview.probs
+    return {"predictions": top_classes(probs, served.classes, 5), **input_notes(seen.check, probs),
+            **layers_reply(seen, served.classes, served.shown_png(seen.x), served.channel_names(), channels, None)}
+
+
+def _neuron(request: Request, data: bytes, layer: str, channel: int, row: int, col: int,
+            invert: bool) -> dict[str, Any]:
+    served = _model(request)
+    return neuron_reply(_seen(request, data, invert), served.classes, layer, channel, row, col)
 
 
 def _convolve(request: Request, data: bytes | None, fields: dict[str, Any]) -> dict[str, Any]:

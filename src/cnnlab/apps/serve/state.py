@@ -244,6 +244,23 @@ class ServedModel:
         return result
 
 
+    def record(self, x: torch.Tensor) -> Any:
+        """Every layer's input and output for one prepared input, in one hooked pass (inspect.overview)."""
+        from cnnlab.inspect.overview import record_overview
+
+        if self._explainer is None:
+            raise NotAvailable("the network overview needs the PyTorch model: serve the run folder, not an "
+                               "exported file")
+        with self._lock:
+            return record_overview(self._explainer, x,
+                                   outputs_are_probs=bool(getattr(self.predictor, "outputs_are_probs", False)))
+
+    def channel_names(self) -> list[str]:
+        """The input's channels: gray, or red, green, blue."""
+        c = self.input_size[0]
+        return ["gray"] if c == 1 else ["red", "green", "blue"] if c == 3 else [f"channel {i}" for i in range(c)]
+
+
 def _public_name(dataset: str | None) -> str | None:
     """A dataset's name without the machine's folders: folder:/home/me/photos -> folder:photos."""
     if dataset and dataset.startswith("folder:"):

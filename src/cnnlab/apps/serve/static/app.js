@@ -1,4 +1,5 @@
 // cnnlab web page: classify an upload or a drawing, look inside the network, play with convolution kernels.
+// overview.js and neuron.js draw the whole network for the image and work out one of its values.
 // Plain JavaScript, no build step, no network access beyond this server.
 "use strict";
 
@@ -78,6 +79,7 @@ async function classify(blob, label) {
   form.append("image", blob, "image.png");
   const topk = Math.min(10, state.model ? state.model.classes.length : 5);
   setStatus("status", "");
+  showOverview();  // the whole network for this image, fetched beside the prediction
   try {
     const query = new URLSearchParams({ topk: String(topk), input_image: "true", invert: invertParam() });
     const reply = await api(`/api/predict?${query}`, { method: "POST", body: form });
@@ -108,6 +110,7 @@ function showPredictions(reply, label) {
     bars.append(li);
   }
   showNotes(reply);
+  $("to-overview").hidden = !state.model.can_explain;
   const top = reply.predictions[0];
   const topLine = $("top-line");
   topLine.textContent = `${top.class} (${pct(top.probability)})`;
@@ -204,6 +207,8 @@ function setupCanvas() {
     $("top-line").textContent = "No image yet.";
     $("input-notes").replaceChildren();
     delete $("top-line").dataset.class;
+    $("to-overview").hidden = true;
+    clearOverview();
   });
 }
 
