@@ -33,6 +33,7 @@ from cnnlab.inspect.layers import gradient_ready
 from cnnlab.models import get_model, get_model_info, list_models
 from cnnlab.models.outputs import top_classes
 from cnnlab.training.run import Run, known_domain, load_run
+from cnnlab.viz.images import to_uint8, upscale
 from cnnlab.viz.style import FIGURES_DIR
 
 DEFAULT_MEAN, DEFAULT_STD = 0.5, 0.25  # for an untrained model without normalization of its own: [0, 1] -> [-2, 2]
@@ -242,13 +243,7 @@ def save_input_png(image: torch.Tensor, path: Path, min_side: int = MIN_INPUT_SI
     """A [0, 1] (C, H, W) image as a PNG of exactly its pixels, each scaled up to an integer-sized block."""
     from cnnlab.files import atomic_path
 
-    a = (image.detach().float().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-    arr = a[0].numpy() if a.shape[0] == 1 else a.permute(1, 2, 0).numpy()
-    h, w = arr.shape[:2]
-    factor = max(1, -(-min_side // min(h, w)))  # ceil: a 28x28 input becomes 224x224, a 224x224 one stays
-    img = Image.fromarray(np.ascontiguousarray(arr))
-    if factor > 1:
-        img = img.resize((w * factor, h * factor), Image.Resampling.NEAREST)
+    img = Image.fromarray(np.ascontiguousarray(upscale(to_uint8(image), min_side)))
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     return path

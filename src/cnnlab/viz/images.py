@@ -43,6 +43,20 @@ def to_hwc(image: Any) -> np.ndarray:
     return np.clip(a.astype(np.float32), 0.0, 1.0)
 
 
+def to_uint8(image: Any) -> np.ndarray:
+    """One image, as `to_hwc` takes it, as uint8 pixels: (H, W) or (H, W, 3)."""
+    return (to_hwc(image) * 255 + 0.5).astype(np.uint8)
+
+
+def upscale(arr: np.ndarray, min_side: int) -> np.ndarray:
+    """Each pixel repeated into an integer-sized block so the short side is at least `min_side`: pixels stay crisp
+    (a 28x28 input shown at 224x224 is 8x8 blocks, never a blur)."""
+    factor = max(1, -(-min_side // min(arr.shape[:2])))
+    if factor == 1:
+        return arr
+    return np.repeat(np.repeat(arr, factor, axis=0), factor, axis=1)
+
+
 def to_image_list(images: Any) -> list[np.ndarray]:
     """A batch (N, C, H, W), a list of images, or one image (C, H, W), as a list of `to_hwc` arrays."""
     if isinstance(images, (list, tuple)):

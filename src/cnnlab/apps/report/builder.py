@@ -14,6 +14,7 @@ from PIL import Image
 
 from cnnlab.apps.report import html as H
 from cnnlab.errors import CnnlabError
+from cnnlab.viz.images import to_uint8, upscale
 
 MISTAKES = 12  # images in the mistakes gallery
 FEATURE_IMAGES = 3  # test images whose feature maps are shown
@@ -84,12 +85,7 @@ def _png(fig: Any) -> bytes:
 
 def _pixels_png(image: torch.Tensor, min_side: int = 96) -> bytes:
     """A uint8 or [0, 1] (C, H, W) image as a PNG of its own pixels, scaled up by an integer factor."""
-    a = image.detach().cpu()
-    a = a if a.dtype == torch.uint8 else (a.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-    arr = a[0].numpy() if a.shape[0] == 1 else a.permute(1, 2, 0).numpy()
-    img = Image.fromarray(np.ascontiguousarray(arr))
-    factor = max(1, -(-min_side // min(arr.shape[:2])))
-    img = img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
+    img = Image.fromarray(np.ascontiguousarray(upscale(to_uint8(image), min_side)))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

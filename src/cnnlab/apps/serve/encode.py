@@ -1,5 +1,5 @@
-"""Pictures for the browser: tensors in [0, 1] as PNG data URLs, scaled up with nearest-neighbour when asked, and
-feature maps on one colour scale per layer."""
+"""Pictures for the browser: uint8 pixels as PNG data URLs (viz.images makes them and scales them up), and feature
+maps on one colour scale per layer."""
 
 from __future__ import annotations
 
@@ -12,21 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """A [0, 1] image, (C, H, W) tensor or (H, W[, 3]) array, as a uint8 (H, W) or (H, W, 3) array."""
-    a = image.detach().float().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
-    if isinstance(image, torch.Tensor) and a.ndim == 3:
-        a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
-    return (np.clip(a, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-
-
-def upscale(arr: np.ndarray, min_side: int) -> np.ndarray:
-    """Each pixel repeated into an integer-sized block so the short side is at least `min_side`: pixels stay crisp."""
-    factor = max(1, -(-min_side // min(arr.shape[:2])))
-    if factor == 1:
-        return arr
-    return np.repeat(np.repeat(arr, factor, axis=0), factor, axis=1)
+from cnnlab.viz.images import to_uint8
 
 
 def png_data_url(arr: np.ndarray) -> str:

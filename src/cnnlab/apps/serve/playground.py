@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from cnnlab.apps.serve.encode import png_data_url, to_uint8
+from cnnlab.apps.serve.encode import png_data_url
 from cnnlab.apps.serve.errors import InvalidInput
 from cnnlab.errors import CnnlabError
+from cnnlab.viz.images import to_uint8
 
 KERNEL_SIZES = (3, 5)
 STRIDES = range(1, 5)

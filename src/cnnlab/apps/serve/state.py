@@ -22,11 +22,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cnnlab.apps.serve.encode import map_to_uint8, png_data_url, to_uint8, upscale
+from cnnlab.apps.serve.encode import map_to_uint8, png_data_url
 from cnnlab.apps.serve.errors import InvalidInput, NotAvailable
 from cnnlab.data.domain import InputCheck, confidence_warning
 from cnnlab.data.paths import user_cache_dir
 from cnnlab.errors import CnnlabError
+from cnnlab.viz.images import to_uint8, upscale
 
 DEFAULT_MODEL, DEFAULT_DATASET, DEFAULT_SEED = "lenet", "digits", 0
 DEFAULT_EPOCHS = 5  # about 97% test accuracy on the bundled digits; seconds on a laptop CPU
