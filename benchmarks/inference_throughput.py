@@ -106,7 +106,7 @@ def compiled(model: nn.Module, x1: torch.Tensor, xb: torch.Tensor) -> Backend | 
 
 def torchscript(model: nn.Module, x1: torch.Tensor, xb: torch.Tensor) -> Backend | str:
     """trace -> freeze (weights inlined, BN folded) -> optimize_for_inference (oneDNN-prepacked convolutions)."""
-    from cnnlab.apps.export.runtime import quiet_jit
+    from cnnlab.models.onnx import quiet_jit
 
     try:
         t0 = time.perf_counter()
@@ -126,7 +126,7 @@ def torchscript(model: nn.Module, x1: torch.Tensor, xb: torch.Tensor) -> Backend
 
 def onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     """The model exported by cnnlab's exporter (dynamic batch), serialized."""
-    from cnnlab.apps.export.exporter import onnx_model
+    from cnnlab.models.onnx import onnx_model
 
     proto, _, _ = onnx_model(model, example[:2])
     return proto.SerializeToString()
@@ -136,7 +136,7 @@ def ort_session(onnx: bytes, threads: int, optimize: bool = True):
     """An ORT CPU session: `threads` intra-op threads, full graph optimization unless `optimize` is off."""
     import onnxruntime as ort
 
-    from cnnlab.apps.export.onnx_predictor import session_options
+    from cnnlab.models.onnx import session_options
 
     so = session_options(threads)
     if not optimize:

@@ -27,9 +27,10 @@ import cnnlab
 from cnnlab.cli.main import build_parser, main
 from cnnlab.data import BatchLoader, Pipeline, get_dataset
 from cnnlab.errors import CnnlabError
+from cnnlab.models.weights import weights_digest
 from cnnlab.training.checkpoint import load_checkpoint, resume_position
 from cnnlab.training.config import explicit_settings
-from cnnlab.training.distributed import cpu_cores, weights_digest
+from cnnlab.training.distributed import cpu_cores
 from cnnlab.training.launch import launch, settings_to_argv, torchrun_args
 from cnnlab.training.schedule import lr_at
 

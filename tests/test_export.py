@@ -15,10 +15,10 @@ from PIL import Image
 
 import cnnlab
 from cnnlab.apps.export import ExportMetadata, OnnxPredictor, TorchScriptPredictor, export_run, load_predictor
-from cnnlab.apps.export import exporter as exporter_module
 from cnnlab.cli.main import main
 from cnnlab.data import get_dataset
 from cnnlab.errors import CnnlabError
+from cnnlab.models import onnx as onnx_module
 from cnnlab.training import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +167,7 @@ def test_auto_exporter_falls_back_to_legacy(digits_run, tmp_path, monkeypatch) -
     def broken(*args, **kwargs):
         raise RuntimeError("unsupported operator")
 
-    monkeypatch.setattr(exporter_module, "_dynamo_onnx", broken)
+    monkeypatch.setattr(onnx_module, "_dynamo_onnx", broken)
     result = export_run(digits_run, out=tmp_path / "legacy.onnx")
     assert result.exporter == "legacy" and "dynamo exporter failed (RuntimeError" in result.notes[0]
     assert result.check.max_abs_diff <= 1e-4

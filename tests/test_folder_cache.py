@@ -1,5 +1,6 @@
-"""Folder datasets kept on disk between runs: the scan (which files decode) and the decoded tensors are reused while
-no file changed, and an added, changed or removed file is noticed; bad input gets one clear line."""
+"""Folder datasets kept on disk between runs: the scan (each file's header) and the decoded tensors are reused while
+no file changed, and an added, changed or removed file is noticed; a first run decodes each file once; bad input
+gets one clear line."""
 
 from __future__ import annotations
 
@@ -40,18 +41,19 @@ def make_folder(root: Path, per_class: int = 6) -> Path:
     return root
 
 
-def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record every file the scan or the decoder opens."""
-    opened: list[str] = []
-    for module in (scan, folder):
-        real = module.open_image
+def count_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
+    """Record every file whose header the scan reads, and every file the decoder decodes."""
+    headers: list[str] = []
+    decodes: list[str] = []
+    for module, name, seen in ((scan, "read_header", headers), (folder, "open_image", decodes)):
+        real = getattr(module, name)
 
-        def counting(path, *a, real=real, **kw):
-            opened.append(Path(path).name)
+        def counting(path, *a, real=real, seen=seen, **kw):
+            seen.append(Path(path).name)
             return real(path, *a, **kw)
 
-        monkeypatch.setattr(module, "open_image", counting)
-    return opened
+        monkeypatch.setattr(module, name, counting)
+    return headers, decodes
 
 
 def all_splits(root: Path) -> dict:
@@ -63,25 +65,46 @@ def test_a_rerun_decodes_nothing_and_still_lists_bad_files(tmp_path: Path, cache
     first = all_splits(root)
     assert "broken.png" in capfd.readouterr().err
     fresh_process(monkeypatch)
-    opened = count_decodes(monkeypatch)
+    headers, decodes = count_reads(monkeypatch)
     again = all_splits(root)
-    assert opened == []  # neither the scan nor the decoder opened a file
+    assert headers == [] and decodes == []  # neither the scan nor the decoder opened a file
     assert f"{root / 'dark' / 'broken.png'}: not an image file" in capfd.readouterr().err  # listed on every run
     for s in first:
         assert torch.equal(first[s].images, again[s].images) and torch.equal(first[s].targets, again[s].targets)
     assert first["train"].info.mean == again["train"].info.mean
 
 
+def test_a_first_run_decodes_each_file_once_and_a_truncated_one_is_left_out_alike_every_run(
+        tmp_path: Path, cache: Path, monkeypatch, capfd) -> None:
+    root = make_folder(tmp_path / "imgs", per_class=10)
+    noise = np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "light" / "cut.jpg", quality=95)
+    whole = (root / "light" / "cut.jpg").read_bytes()
+    (root / "light" / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])  # its header reads; its pixels do not
+    headers, decodes = count_reads(monkeypatch)
+    first = all_splits(root)
+    images = sorted(p.name for p in root.rglob("*.*") if p.name != "broken.png")  # the files with a header
+    assert sorted(headers) == sorted(images + ["broken.png"]) and sorted(decodes) == images  # once each
+    err = capfd.readouterr().err
+    assert f"{root / 'light' / 'cut.jpg'}: corrupt or truncated" in err and "broken.png: not an image" in err
+    assert sum(len(d) for d in first.values()) == 20  # the 20 good images, each in one split
+    fresh_process(monkeypatch)
+    again = all_splits(root)
+    assert sorted(decodes) == images and "cut.jpg: corrupt or truncated" in capfd.readouterr().err  # not decoded
+    for s in first:
+        assert torch.equal(first[s].images, again[s].images) and torch.equal(first[s].targets, again[s].targets)
+
+
 def test_changed_added_and_removed_files_are_noticed(tmp_path: Path, cache: Path, monkeypatch) -> None:
     root = make_folder(tmp_path / "imgs")
     before = scan.scan_folder(root)
-    opened = count_decodes(monkeypatch)
+    opened, _ = count_reads(monkeypatch)
     # Changed in place (same name and folder, so no folder's mtime changes), in this same process.
     Image.new("L", (5, 7), 255).save(root / "dark" / "0.png")
     st = os.stat(root / "dark" / "0.png")
     os.utime(root / "dark" / "0.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # whatever the clock's grain
     changed = scan.scan_folder(root)
-    assert opened == ["0.png"]  # only the changed file is decoded again
+    assert opened == ["0.png"]  # only the changed file is read again
     assert changed.sizes["train"][changed.files["train"].index(root / "dark" / "0.png")] == (7, 5)
     Image.new("L", (9, 9), 200).save(root / "light" / "new.png")
     fresh_process(monkeypatch)  # and in a new process
@@ -108,8 +131,8 @@ def test_changed_files_change_the_decoded_images(tmp_path: Path, cache: Path, mo
 def test_a_damaged_cache_is_rebuilt(tmp_path: Path, cache: Path, monkeypatch) -> None:
     root = make_folder(tmp_path / "imgs")
     first = all_splits(root)
-    opened = count_decodes(monkeypatch)
-    wrong = '{"format": 1, "root": "%s", "files": {"dark/0.png": [1, 2, "x", 4]}}' % root
+    opened, _ = count_reads(monkeypatch)
+    wrong = '{"format": 2, "root": "%s", "files": {"dark/0.png": [1, 2, "x", 4]}}' % root
     for garbage, tensors in ((wrong, "wrong shape"), ("{oops", "truncated"), ("", "truncated")):
         scan.records_path(root).write_text(garbage)
         for pt in cache.rglob("folder-*.pt"):

@@ -64,14 +64,14 @@ def run(args: argparse.Namespace) -> int:
         print("error: no image files found", file=sys.stderr)
         return 2
     results, failed = [], 0
-    for path in files:
-        try:
-            found = predictor.classify(path, topk=args.topk, tta=args.tta, invert=args.invert)[0]
-        except BadImageError as exc:
+    for path, found in predictor.classify_files(files, topk=args.topk, tta=args.tta, invert=args.invert):
+        if isinstance(found, BadImageError):
             failed += 1
-            results.append({"image": path, "error": str(exc)})
-            print(f"error: {exc}", file=sys.stderr)
+            results.append({"image": path, "error": str(found)})
+            print(f"error: {found}", file=sys.stderr)
             continue
+        if isinstance(found, Exception):
+            raise found
         results.append({"image": path, "predictions": [{"class": c, "probability": p} for c, p in found.top],
                         "inverted": found.inverted, "warnings": found.warnings})
         if not args.json:

@@ -12,7 +12,7 @@ import torch
 from cnnlab.data.paths import decoded_cache_dir
 from cnnlab.files import atomic_save
 
-CACHE_FORMAT = 1  # bump when the decoded layout changes, so old caches are ignored
+CACHE_FORMAT = 2  # bump when the decoded layout changes, so old caches are ignored
 
 
 def source_key(files: Iterable[Path], **params: Any) -> str:

@@ -14,6 +14,7 @@ from cnnlab.data.cache import CACHE_FORMAT, cached
 from cnnlab.data.dataset import ImageData
 from cnnlab.data.images import BadImageError, image_to_tensor, open_image
 from cnnlab.data.info import DatasetInfo
+from cnnlab.data.loader import decode_threads
 from cnnlab.data.scan import FolderScan, Stamp, scan_folder
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import CnnlabError
@@ -76,17 +77,28 @@ class FolderStream(torch.utils.data.Dataset):
     def classes(self) -> tuple[str, ...]:
         return self.info.classes
 
+    def subset(self, keep: torch.Tensor) -> "FolderStream":
+        """The files `keep` of this split (e.g. a stratified subset for a quick run)."""
+        files = [self.files[i] for i in keep.tolist()]
+        return FolderStream(files, self.targets[keep].tolist(), self.info, self.split, self.image_size)
 
-def _decode_all(files: list[Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
-    """Every file decoded into one preallocated uint8 tensor (no second copy of a folder near the memory limit)."""
-    out = torch.empty(len(files), channels, *size, dtype=torch.uint8)
 
-    def one(i: int) -> None:
-        out[i] = image_to_tensor(open_image(files[i], draft=size), channels, size)
+def _decode_all(files: list[Path], channels: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Every file decoded into one preallocated uint8 tensor (no second copy of a folder near the memory limit), and
+    the indices of those that failed to decode (their rows stay zero)."""
+    out = torch.zeros(len(files), channels, *size, dtype=torch.uint8)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow decodes without the GIL
-        list(pool.map(one, range(len(files))))
-    return out
+    def one(i: int) -> tuple[int, str] | None:
+        try:
+            out[i] = image_to_tensor(open_image(files[i], draft=size), channels, size)
+        except BadImageError as exc:
+            return i, str(exc).split(": ", 1)[-1]
+        return None
+
+    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:  # Pillow decodes without the GIL
+        bad = [r for r in pool.map(one, range(len(files))) if r is not None]
+    return {"images": out, "bad": torch.tensor([i for i, _ in bad], dtype=torch.long),
+            "reasons": [reason for _, reason in bad]}
 
 
 def get_folder_dataset(
@@ -97,9 +109,11 @@ def get_folder_dataset(
     split_seed: int = 0,
     image_size: tuple[int, int] | None = None,
     channels: int | None = None,
-    in_memory_limit: int = IN_MEMORY_LIMIT,
+    in_memory_limit: int | None = None,
+    stream: bool = False,
 ):
-    """One split of a folder dataset, decoded at `image_size` into memory (or streamed when too large)."""
+    """One split of a folder dataset, decoded at `image_size` into memory, or streamed from disk when too large for
+    it or when `stream` says the images are used once (feature extraction embeds each once, and caches that)."""
     scan = scan_folder(Path(path).expanduser().resolve())
     size = tuple(image_size or DEFAULT_IMAGE_SIZE)
     ch = channels or (1 if scan.gray else 3)
@@ -121,17 +135,21 @@ def get_folder_dataset(
         raise CnnlabError(f"{scan.root}: there is no {split} split (val_size=0?)")
     files, targets = splits[split]
     n_total = sum(len(f) for f, _ in splits.values())
-    if n_total * ch * size[0] * size[1] > in_memory_limit:
+    limit = IN_MEMORY_LIMIT if in_memory_limit is None else in_memory_limit
+    if stream or n_total * ch * size[0] * size[1] > limit:
         sample = splits["train"][0][:: max(1, len(splits["train"][0]) // 500)][:500]
-        info = _with_stats(info, _decode(sample, ch, size, scan.stamps))
+        info = _with_stats(info, _decode(sample, ch, size, scan.stamps)[0])
         return FolderStream(files, targets, replace(info, in_memory=False), split, size)
-    info = _with_stats(info, _decode(splits["train"][0], ch, size, scan.stamps))
-    return ImageData(_decode(files, ch, size, scan.stamps), torch.tensor(targets, dtype=torch.long), info, split)
+    info = _with_stats(info, _decode(splits["train"][0], ch, size, scan.stamps)[0])
+    images, good = _decode(files, ch, size, scan.stamps)
+    return ImageData(images, torch.tensor(targets, dtype=torch.long)[good], info, split)
 
 
-def _decode(files: list[Path], channels: int, size: tuple[int, int], stamps: dict[Path, Stamp]) -> torch.Tensor:
-    """The images decoded into one uint8 tensor, cached on disk (and for this process) under a key of each file's
-    path, size and modification time as the scan found them, and the decoded size and channels."""
+def _decode(files: list[Path], channels: int, size: tuple[int, int],
+            stamps: dict[Path, Stamp]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the images that decode, as one uint8 tensor; the mask of those files): cached on disk (and for this process)
+    under a key of each file's path, size and modification time as the scan found them, and the decoded size and
+    channels. Files that fail to decode are said once, when they are decoded, and left out every time."""
     h = hashlib.sha1(f"cnnlab-cache-{CACHE_FORMAT}|folder|{channels}|{tuple(size)}".encode())
     h.update("".join(f"{f}|{stamps[f]}\n" for f in files).encode())
     key = h.hexdigest()[:20]
@@ -139,13 +157,26 @@ def _decode(files: list[Path], channels: int, size: tuple[int, int], stamps: dic
         while len(_DECODED) >= DECODED_MEMO:
             _DECODED.pop(next(iter(_DECODED)))
         shape = (len(files), channels, *size)
-        _DECODED[key] = cached("folder", key, lambda: {"images": _decode_all(files, channels, size)},
-                               valid=lambda d: _is_images(d.get("images"), shape))["images"]
+        decoded = cached("folder", key, lambda: _decode_all(files, channels, size), valid=lambda d: (
+            _is_images(d.get("images"), shape) and _is_indices(d.get("bad"), len(files))
+            and isinstance(d.get("reasons"), list) and len(d["reasons"]) == len(d["bad"])))
+        good = torch.ones(len(files), dtype=torch.bool)
+        good[decoded["bad"]] = False
+        for i, reason in zip(decoded["bad"].tolist(), decoded["reasons"]):  # said on every run, as the scan's are
+            print(f"skipped {files[i]}: {reason}", file=sys.stderr)
+        if len(files) and not good.any():
+            raise CnnlabError(f"none of the {len(files)} images decodes (e.g. {files[0]}: {decoded['reasons'][0]}): "
+                              f"put readable images (PNG, JPEG, BMP, TIFF, WebP, ...) in the class folders")
+        _DECODED[key] = (decoded["images"] if good.all() else decoded["images"][good], good)
     return _DECODED[key]
 
 
 def _is_images(x: object, shape: tuple[int, ...]) -> bool:
     return isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and tuple(x.shape) == shape
+
+
+def _is_indices(x: object, n: int) -> bool:
+    return isinstance(x, torch.Tensor) and x.dtype == torch.long and x.dim() == 1 and bool(((x >= 0) & (x < n)).all())
 
 
 DECODED_MEMO = 8  # the splits of a run, and a few more for a notebook that tries sizes

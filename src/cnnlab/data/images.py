@@ -67,6 +67,28 @@ def open_image(
     return img
 
 
+def read_header(path: str | os.PathLike) -> tuple[bool, int, int]:
+    """(single channel, H, W) of an image file as it decodes upright, read from its header alone (no pixel is
+    decoded: a truncated file passes, and fails when it is decoded); BadImageError for what is not an image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that turn it a quarter
+                return is_single_channel(img), (w if turned else h), (h if turned else w)
+    except FileNotFoundError:
+        raise BadImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BadImageError(f"{path}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise BadImageError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(f"{path}: refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
 def to_8bit(img: Image.Image, channels: int) -> Image.Image:
     """Any PIL mode as an 8-bit "L" (channels=1) or "RGB" (channels=3) image."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

@@ -1,4 +1,5 @@
-"""Batches for training and evaluation: from one uint8 tensor in memory, or streamed from a folder with workers.
+"""Batches for training and evaluation: from one uint8 tensor in memory, or streamed from a folder, decoded by
+threads a few batches ahead.
 
 Every epoch's order and every batch's augmentation come from generators seeded by (seed, epoch, batch), so
 the same seed gives the same batches, and a run can resume in the middle of an epoch exactly.
@@ -7,6 +8,9 @@ the same seed gives the same batches, and a run can resume in the middle of an e
 from __future__ import annotations
 
 import math
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -14,6 +18,18 @@ from cnnlab.data.augment import Augment
 from cnnlab.data.pipeline import Pipeline
 
 MEMORY_LIMIT = 1 << 30  # convert (resize) the whole dataset up front when the result fits in this many bytes
+PREFETCH = 2  # batches of a streamed split being decoded ahead of the one in use
+
+
+def decode_threads(requested: int = 0) -> int:
+    """Threads that decode images: as asked, else one per core this process may run on (Pillow decodes without
+    the GIL, so threads decode in parallel, in this process: nothing is forked)."""
+    if requested > 0:
+        return requested
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _seed(*parts: int) -> int:
@@ -45,7 +61,7 @@ class BatchLoader:
         world_size: int = 1,
         device: str | torch.device = "cpu",
         channels_last: bool = False,
-        num_workers: int = 2,
+        num_workers: int = 0,
     ):
         self.batch_size, self.pipeline = int(batch_size), pipeline
         self.augment = augment if augment is not None and augment.active else None
@@ -144,15 +160,29 @@ class BatchLoader:
             yield self.images.index_select(0, idx), self.targets.index_select(0, idx)
 
     def _stream(self, batches: list[torch.Tensor], start: int):
-        loader = torch.utils.data.DataLoader(
-            self.data,
-            batch_sampler=[b.tolist() for b in batches[start:]],
-            num_workers=self.num_workers,
-            collate_fn=_collate,
-            pin_memory=self.device.type == "cuda",
-        )
-        for images, targets in loader:
-            yield images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        """Each batch decoded from disk by a pool of threads, PREFETCH batches ahead of the one in use: decoding
+        overlaps whatever the caller does with a batch, and memory holds a few batches, whatever the split's size."""
+        threads = decode_threads(self.num_workers)
+        todo = iter(batches[start:])
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cnnlab-decode") as pool:
+            def submit(idx: torch.Tensor) -> list:
+                chunks = idx.tolist()
+                size = max(1, math.ceil(len(chunks) / threads))
+                return [pool.submit(self._decode, chunks[i: i + size]) for i in range(0, len(chunks), size)]
+
+            ahead = deque(submit(idx) for idx in (next(todo, None) for _ in range(PREFETCH + 1)) if idx is not None)
+            while ahead:
+                items = [item for future in ahead.popleft() for item in future.result()]
+                upcoming = next(todo, None)
+                if upcoming is not None:
+                    ahead.append(submit(upcoming))
+                images, targets = _collate(items)
+                if self.device.type == "cuda":
+                    images, targets = images.pin_memory(), targets.pin_memory()
+                yield images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+
+    def _decode(self, indices: list[int]) -> list:
+        return [self.data[i] for i in indices]
 
 
 def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:

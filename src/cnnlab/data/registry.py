@@ -166,12 +166,14 @@ def get_dataset(
     split_seed: int = 0,
     image_size: tuple[int, int] | None = None,
     channels: int | None = None,
+    stream: bool = False,
 ):
     """One split of a dataset: "train" (minus the validation carve-out), "val" or "test".
 
     `val_size` is a count or a fraction of the training split (0 disables validation); the carve-out is
-    stratified and fixed by `split_seed`, so it never changes between runs. `image_size`/`channels` only
-    matter for `folder:PATH` datasets, whose images are decoded at that size.
+    stratified and fixed by `split_seed`, so it never changes between runs. `image_size`/`channels`/`stream` only
+    matter for `folder:PATH` datasets, whose images are decoded at that size (`stream`: from disk as needed,
+    never all in memory).
     """
     if split not in SPLITS:
         raise CnnlabError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -179,7 +181,7 @@ def get_dataset(
         from cnnlab.data.folder import get_folder_dataset
 
         return get_folder_dataset(name[len("folder:") :], split, val_size=val_size, split_seed=split_seed,
-                                  image_size=image_size, channels=channels)
+                                  image_size=image_size, channels=channels, stream=stream)
     info = get_dataset_info(name)
     root = resolve_data_dir(data_dir)
     if download and not is_present(name, root):

@@ -1,8 +1,10 @@
-"""Scanning a `folder:PATH` dataset: its classes and files, which files decode, kept on disk for the next run.
+"""Scanning a `folder:PATH` dataset: its classes and files, each file's header (is it an image, its size, gray or
+colour), kept on disk for the next run.
 
-Telling a good image from a truncated one takes a full decode, so the results are kept, one JSON file per
+No pixel is decoded here: a folder's first run decodes each file once, when its images are needed (a truncated
+file passes the scan and is skipped, and said, when it fails to decode). The results are kept, one JSON file per
 folder, under the decoded-data cache: each file's result is reused while its size and modification time are
-unchanged, so a rerun decodes nothing and an added or changed file is the only one opened again.
+unchanged, so a rerun opens no file and an added or changed file is the only one read again.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cnnlab.data.images import IMAGE_EXTENSIONS, BadImageError, is_single_channel, open_image
+from cnnlab.data.images import IMAGE_EXTENSIONS, BadImageError, read_header
 from cnnlab.data.paths import decoded_cache_dir
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_path
 
-SCAN_FORMAT = 1  # bump when a record's layout or meaning changes, so old scans are ignored
+SCAN_FORMAT = 2  # bump when a record's layout or meaning changes, so old scans are ignored
 VAL_NAMES = ("val", "valid", "validation")
 NOT_AN_IMAGE = "not an image file (unknown extension)"
 
@@ -57,8 +59,9 @@ class Entry(NamedTuple):
 def scan_folder(root: Path) -> FolderScan:
     """Find the classes and image files under `root` (class folders, or train/ + val/ and/or test/).
 
-    Every file is listed and stat-ed on each call; a file is decoded only when the scan cache has no result for
-    its current size and modification time. Unreadable files are printed (path and reason) on every run.
+    Every file is listed and stat-ed on each call; a file's header is read only when the scan cache has no result
+    for its current size and modification time. Files that are not images are printed (path, reason) on every
+    run.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -150,12 +153,10 @@ def listing_key(root: Path, listing: dict[str, list[Entry]]) -> str:
     return h.hexdigest()[:20]
 
 
-def check_image(path: Path) -> list[Any]:
-    """[is_gray, H, W] of a readable image, or [reason] of a bad one: a full decode, since a header check lets
-    truncated files through."""
+def check_header(path: str) -> list[Any]:
+    """[is_gray, H, W] of an image file (upright), or [reason] of a file that is not one, from its header."""
     try:
-        img = open_image(path)
-        return [is_single_channel(img), img.height, img.width]
+        return list(read_header(path))
     except BadImageError as exc:
         return [str(exc).split(": ", 1)[-1]]
 
@@ -174,8 +175,8 @@ def _scan(root: Path, classes: tuple[str, ...], listing: dict[str, list[Entry]])
                 records[e.rel] = old
             else:
                 todo.append(e)
-    with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow decodes without the GIL
-        for e, result in zip(todo, pool.map(lambda e: check_image(e.path), todo)):
+    with ThreadPoolExecutor(max_workers=4) as pool:  # reading headers waits on the disk more than on a core
+        for e, result in zip(todo, pool.map(lambda e: check_header(e.path), todo)):
             records[e.rel] = [*(e.stamp or (-1, -1)), *result]
     keep = {rel: r for rel, r in records.items() if r[0] >= 0}  # broken links are never kept: checked each run
     if keep != known:

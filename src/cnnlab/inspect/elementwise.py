@@ -13,7 +13,6 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 

@@ -16,6 +16,7 @@ costs about a second on every `import cnnlab`; tests/test_backbones.py checks th
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -244,6 +245,22 @@ def freeze_backbone(model: nn.Module, frozen: bool = True) -> nn.Module:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not (name + ".").startswith(in_head):
             m.train(model.training and not frozen)
     return model
+
+
+def headless(model: nn.Module) -> nn.Module:
+    """The backbone alone: the same layers (weights shared, nothing copied) with the main head replaced by an
+    identity, so that its output is the image embedding `embed` reads. The model itself is left as it is."""
+    path = head_names(model)[0].split(".")
+    top = copy.copy(model)
+    parent = top
+    for name in path[:-1]:  # copy the modules along the head's path, so the replacement touches only the copies
+        parent._modules = dict(parent._modules)
+        child = copy.copy(parent._modules[name])
+        parent._modules[name] = child
+        parent = child
+    parent._modules = dict(parent._modules)
+    parent._modules[path[-1]] = nn.Identity()
+    return top
 
 
 def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cnnlab.errors import CnnlabError
 
@@ -32,6 +33,18 @@ def split_logits(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     if output.dim() != 2:
         raise CnnlabError(f"the model returned a tensor of shape {tuple(output.shape)}; expected class scores (N, K)")
     return output, aux
+
+
+class LogitsOnly(nn.Module):
+    """The model with its output reduced to the class scores tensor (Inception v3 may return a named tuple): what
+    an exporter traces, and what a backend runs."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return split_logits(self.model(x))[0]
 
 
 def probabilities(logits: torch.Tensor, outputs_are_probs: bool = False) -> torch.Tensor:

@@ -221,3 +221,18 @@ def load_weights(
     if kind == "torchvision" and result["head"] == "loaded":  # the ImageNet classifier: keep its class names
         info["categories"] = list(what.meta["categories"])
     return info | {"file": str(path.resolve()), "sha256": file_sha256(path)} | result
+
+
+def update_digest(h: Any, name: str, t: torch.Tensor) -> None:
+    """Feed one tensor into a hashlib hash: its name, dtype, shape and raw bytes (whatever the dtype, 0-d too)."""
+    t = t.detach().cpu().contiguous()
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-1 of a state_dict (names, dtypes, shapes and bytes): equal digests, equal weights."""
+    h = hashlib.sha1()
+    for name, t in state_dict.items():
+        update_digest(h, name, t)
+    return h.hexdigest()

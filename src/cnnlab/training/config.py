@@ -164,7 +164,8 @@ class TrainConfig:
     tensorboard: bool = opt(False, "also log scalars and sample images for TensorBoard (run folder/tb)", resume=True)
     probe_every: int = opt(0, "every N epochs, record first-layer filters and feature maps for the report", valid=COUNT)
     eval_batch_size: int = opt(1000, "images per step when evaluating", valid=AT_LEAST_1)
-    num_workers: int = opt(2, "decoding processes for folders too large to keep in memory", resume=True, valid=COUNT)
+    num_workers: int = opt(0, "threads that decode the images of folders streamed from disk (0: one per CPU core)",
+                           resume=True, valid=COUNT)
     # ---- transfer learning
     freeze_backbone: bool = opt(False, "train only the new head of a pretrained backbone (its BatchNorm "
                                        "statistics stay fixed too)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -161,16 +160,6 @@ def check_sync_bn(device: torch.device) -> None:
             f"--sync-bn needs CUDA GPUs: torch {torch.__version__}'s SyncBatchNorm cannot synchronize {device.type} "
             f"tensors. On the CPU train without --sync-bn (each process normalizes with its own batch's statistics)"
         )
-
-
-def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
-    """SHA-1 of a state_dict (names, dtypes, shapes and bytes): ranks with equal digests hold equal weights."""
-    h = hashlib.sha1()
-    for name, t in state_dict.items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def shutdown(env: DistEnv) -> None:

@@ -113,7 +113,8 @@ def evaluate_run(run: Run, dataset: str | None = None, split: str = "test", data
     check_same_kind(data, name, run)
     tta = check_tta(cfg.get("tta", "none") if tta is None else tta, data.info.flip_ok, data.info.name)
     pipe = dataclasses.replace(run.pipeline, source_channels=data.info.channels)
-    outputs = evaluate(run.model, BatchLoader(data, batch_size, pipe), Criterion(run.single_logit), tta)
+    forward = run.forward(images=len(data) * (2 if tta == "flip" else 1))
+    outputs = evaluate(run.model, BatchLoader(data, batch_size, pipe), Criterion(run.single_logit), tta, forward)
     rep = metrics.report(outputs.logits, outputs.targets, outputs.loss, run.classes, run.outputs_are_probs)
     return EvalResult(rep, name, outputs, data, run, tta)
 

@@ -24,12 +24,13 @@ from cnnlab.data import BatchLoader, DatasetInfo, ImageData, ImageDataset, Pipel
 from cnnlab.data.paths import user_cache_dir
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_save
-from cnnlab.models.backbones import embed, freeze_backbone, head_names
+from cnnlab.models.backbones import freeze_backbone, head_names, headless
+from cnnlab.models.weights import update_digest
+from cnnlab.training.backends import Forward
 from cnnlab.training.config import TrainConfig
 from cnnlab.training.console import Printer
-from cnnlab.training.engine import autocast
 
-CACHE_FORMAT = 1  # bump when the cached layout or the meaning of an embedding changes
+CACHE_FORMAT = 2  # bump when the cached layout or the meaning of an embedding changes
 
 
 def feature_cache_dir() -> Path:
@@ -60,10 +61,10 @@ def feature_key(net: nn.Module, pipeline: Pipeline, amp: str, data: ImageDataset
     heads = tuple(n + "." for n in head_names(net))
     for name, t in sorted(net.state_dict().items()):
         if not name.startswith(heads):  # the head is not part of the embedding (and differs per run)
-            _update(h, name, t)
-    _update(h, "targets", data.targets)
+            update_digest(h, name, t)
+    update_digest(h, "targets", data.targets)
     if data.images is not None:
-        _update(h, "images", data.images)
+        update_digest(h, "images", data.images)
     else:  # streamed from disk: the files' paths, sizes and modification times stand for their contents
         for f in data.files:
             st = Path(f).stat()
@@ -71,28 +72,21 @@ def feature_key(net: nn.Module, pipeline: Pipeline, amp: str, data: ImageDataset
     return h.hexdigest()[:24]
 
 
-def _update(h, name: str, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous()
-    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, whatever the dtype (0-d counters too)
-
-
-@torch.no_grad()  # not inference_mode: the head is then trained on these tensors, which autograd must accept
 def embed_split(cfg: TrainConfig, net: nn.Module, data: ImageDataset, pipeline: Pipeline, device: torch.device,
-                label: str, quiet: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings (N, D) float32 and labels of a split: one pass of the frozen backbone, no augmentation."""
+                label: str, out: Printer) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(embeddings (N, D) float32, labels, the backend that ran) of a split: one pass of the frozen backbone over
+    the unaugmented images, on the fastest backend that gives the same answer (training/backends.py)."""
     # The training batch size: it fits the device when training, so an inference pass at it fits too.
-    loader = BatchLoader(data, cfg.batch_size, pipeline, device=device, channels_last=cfg.channels_last,
-                         num_workers=cfg.num_workers)
+    loader = BatchLoader(data, cfg.batch_size, pipeline, device=device, num_workers=cfg.num_workers)
+    forward = Forward(headless(net), device, images=len(data), amp=cfg.amp, say=out.note)
     xs, ys = [], []
-    for x, y in tqdm(loader, desc=f"embedding {label}", unit="batch", leave=False, disable=True if quiet else None,
-                     dynamic_ncols=True):
-        with autocast(device, cfg.amp):
-            xs.append(embed(net, x).float().flatten(1))
+    for x, y in tqdm(loader, desc=f"embedding {label}", unit="batch", leave=False,
+                     disable=True if not out.enabled else None, dynamic_ncols=True):
+        xs.append(forward(x).flatten(1))
         ys.append(y)
     if not xs:
         raise CnnlabError(f"the {label} split has no images to embed")
-    return torch.cat(xs), torch.cat(ys)
+    return torch.cat(xs).to(device), torch.cat(ys), forward.backend or "torch"
 
 
 def split_features(cfg: TrainConfig, net: nn.Module, data: ImageDataset, pipeline: Pipeline, device: torch.device,
@@ -107,13 +101,14 @@ def split_features(cfg: TrainConfig, net: nn.Module, data: ImageDataset, pipelin
             return Features(saved["features"], saved["targets"], path, True, time.perf_counter() - start)
         except Exception:  # a damaged cache file is recomputed, never trusted
             path.unlink(missing_ok=True)
-    x, y = embed_split(cfg, net, data, pipeline, device, label, quiet=not out.enabled)
+    x, y, backend = embed_split(cfg, net, data, pipeline, device, label, out)
     seconds = time.perf_counter() - start
     try:
         atomic_save({"format": CACHE_FORMAT, "features": x.cpu(), "targets": y.cpu()}, path)
     except OSError as exc:  # a read-only or full cache disk costs the next run time, not this one its result
         out.note(f"could not cache the embeddings in {path}: {exc.strerror or exc}")
-    out.note(f"{label}: embedded {len(y):,} images ({x.shape[1]} features each) in {seconds:.1f} s, cached in {path}")
+    out.note(f"{label}: embedded {len(y):,} images ({x.shape[1]} features each) in {seconds:.1f} s ({backend}), "
+             f"cached in {path}")
     return Features(x, y, path, False, seconds)
 
 

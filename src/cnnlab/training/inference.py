@@ -8,7 +8,7 @@ Validation during training, the final test, `cnnlab eval`, the report and every 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -42,20 +42,25 @@ class Outputs:
 
 
 @torch.inference_mode()
-def model_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Class scores (N, K), float32 on the CPU, for a normalized batch; `tta="flip"` averages in the mirror image's."""
+def model_logits(model: nn.Module, x: torch.Tensor, tta: str = "none",
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Class scores (N, K), float32 on the CPU, for a normalized batch; `tta="flip"` averages in the mirror image's.
+    `forward` (a backends.Forward over the model's class scores) runs the model where given."""
     x = x.to(model_device(model))
-    return with_tta(lambda batch: split_logits(model(batch))[0].float(), x, tta).cpu()
+    run = forward or (lambda batch: split_logits(model(batch))[0].float())
+    return with_tta(run, x, tta).cpu()
 
 
-def evaluate(model: nn.Module, loader: Iterable, criterion: Criterion, tta: str = "none") -> Outputs:
-    """Run `model` (in eval mode; its modes restored after) over every batch of `loader`."""
+def evaluate(model: nn.Module, loader: Iterable, criterion: Criterion, tta: str = "none",
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Outputs:
+    """Run `model` (in eval mode; its modes restored after) over every batch of `loader`, through `forward` where
+    given (a frozen model's fastest backend: training/backends.py)."""
     saved = save_modes(model)
     model.eval()
     logits, targets = [], []
     try:
         for x, y in loader:
-            logits.append(model_logits(model, x, tta))
+            logits.append(model_logits(model, x, tta, forward))
             targets.append(y.cpu())
     finally:
         restore_modes(saved)

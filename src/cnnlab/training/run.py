@@ -6,11 +6,13 @@ import dataclasses
 import difflib
 import json
 import sys
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -18,14 +20,19 @@ from torch import nn
 from cnnlab.data import get_dataset_info
 from cnnlab.data.domain import Domain, InputCheck, InputWarning, confidence_warning
 from cnnlab.data.images import ImageLike
+from cnnlab.data.loader import decode_threads
 from cnnlab.data.pipeline import Pipeline
 from cnnlab.errors import CnnlabError
+from cnnlab.inspect.layers import model_device
 from cnnlab.models import ModelSpec, get_model
-from cnnlab.models.outputs import top_classes
+from cnnlab.models.outputs import LogitsOnly, top_classes
+from cnnlab.training.backends import Forward
 from cnnlab.training.checkpoint import find_checkpoint, load_checkpoint
 from cnnlab.training.inference import model_logits
 from cnnlab.training.schema import check_run_checkpoint
 from cnnlab.training.tta import predictor_probabilities
+
+FILES_BATCH = 32  # files classified together by `classify_files`
 
 
 @dataclass
@@ -60,17 +67,48 @@ class Predictor:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def plan(self, images: int) -> None:
+        """Say how many images are coming, where the backend depends on it (a Run's does)."""
+
+    def classify_files(self, paths: Sequence[str | Path], topk: int = 3, tta: str = "none", invert: bool = True,
+                       batch: int = FILES_BATCH) -> Iterator[tuple[str | Path, Prediction | CnnlabError]]:
+        """Each file's Prediction, or the error that kept it from one (a file that does not decode), in order:
+        decoded by threads a batch ahead of the one being classified, on the backend chosen for this many."""
+        self.plan(len(paths) * (2 if tta == "flip" else 1))
+        chunks = [list(paths[i: i + batch]) for i in range(0, len(paths), batch)]
+        with ThreadPoolExecutor(max_workers=decode_threads(), thread_name_prefix="cnnlab-decode") as pool:
+            def load(chunk: list) -> list:
+                return [pool.submit(self._load_checked, p, invert) for p in chunk]
+
+            ahead = load(chunks[0]) if chunks else []
+            for i, chunk in enumerate(chunks):
+                loaded, ahead = [f.result() for f in ahead], (load(chunks[i + 1]) if i + 1 < len(chunks) else [])
+                results: list = list(loaded)  # errors stay; decoded images become predictions
+                good = [j for j, got in enumerate(loaded) if not isinstance(got, CnnlabError)]
+                if good:
+                    probs = predictor_probabilities(self, torch.cat([loaded[j][0] for j in good]), tta)
+                    for row, j in zip(probs, good):
+                        results[j] = self._prediction(row, loaded[j][1], topk)
+                yield from zip(chunk, results)
+
+    def _load_checked(self, path: str | Path, invert: bool) -> tuple[torch.Tensor, InputCheck] | CnnlabError:
+        try:
+            x, checks = self.prepare_checked(path, invert)
+            return x, checks[0]
+        except CnnlabError as exc:
+            return exc
+
+    def _prediction(self, row: torch.Tensor, check: InputCheck, topk: int) -> Prediction:
+        top = [(c.name, c.probability) for c in top_classes(row, self.classes, topk)]
+        low = confidence_warning(float(row.max()))
+        return Prediction(top, row, check.inverted, check.warnings + ([low] if low else []))
+
     def classify(self, images: ImageLike | Sequence[ImageLike], topk: int = 3, tta: str = "none",
                  invert: bool = True) -> list[Prediction]:
         """One `Prediction` per image (a list even for one image), with what was noticed about each."""
         x, checks = self.prepare_checked(images, invert)
         probs = predictor_probabilities(self, x, tta)
-        out = []
-        for row, check in zip(probs, checks):
-            top = [(c.name, c.probability) for c in top_classes(row, self.classes, topk)]
-            low = confidence_warning(float(row.max()))
-            out.append(Prediction(top, row, check.inverted, check.warnings + ([low] if low else [])))
-        return out
+        return [self._prediction(row, check, topk) for row, check in zip(probs, checks)]
 
     def predict_proba(self, images: ImageLike | Sequence[ImageLike], tta: str = "none",
                       invert: bool = True) -> torch.Tensor:
@@ -142,6 +180,8 @@ class Run(Predictor):
         self._results = results
         self._status = status
         self._which = checkpoint
+        self._forward: Forward | None = None
+        self._forward_lock = threading.Lock()
 
     def __repr__(self) -> str:
         acc = self.results.get("test_acc") if self.results else None
@@ -244,9 +284,21 @@ class Run(Predictor):
         return self._model.eval()
 
     # ---- use it
+    def forward(self, images: int = 0) -> Forward:
+        """How the model runs over `images` images: the fastest backend that gives the same answer (torch, or ONNX
+        Runtime on its cached export: training/backends.py); kept for the calls that follow."""
+        with self._forward_lock:  # the server asks from several threads
+            if self._forward is None or images > self._forward.images:
+                self._forward = Forward(LogitsOnly(self.model), model_device(self.model), images=images)
+            return self._forward
+
+    def plan(self, images: int) -> None:
+        """Say how many images are coming (a folder to predict): the backend is chosen for that many."""
+        self.forward(images)
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Raw outputs for a normalized batch (float32, on the CPU)."""
-        return model_logits(self.model, x)
+        return model_logits(self.model, x, forward=self.forward(len(x)))
 
 
 def load_run(path: str | Path, checkpoint: str = "best", runs_dir: str | Path = "runs") -> Run:

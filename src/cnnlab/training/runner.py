@@ -13,11 +13,12 @@ import threading
 import time
 from typing import Any, Iterable
 
+from cnnlab.models.weights import weights_digest
 from cnnlab.training import budget, metrics
 from cnnlab.training.callbacks import Callbacks, TrainingRun, run_callbacks
 from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.console import Printer
-from cnnlab.training.distributed import shutdown, weights_digest
+from cnnlab.training.distributed import shutdown
 from cnnlab.training.engine import NonFiniteLoss, train_one_epoch
 from cnnlab.training.inference import evaluate
 from cnnlab.training.record import RunFiles

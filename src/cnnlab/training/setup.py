@@ -100,14 +100,14 @@ class Job:
 
 def load_splits(cfg: TrainConfig, image_size: tuple[int, int] | None, out: Printer):
     """(train, val or None, test) datasets for the config."""
-    kw = dict(data_dir=cfg.data_dir, val_size=val_size_arg(cfg.val_size), image_size=image_size)
+    # Feature extraction uses each image once (to embed it, and the embeddings are cached): a folder streams.
+    kw = dict(data_dir=cfg.data_dir, val_size=val_size_arg(cfg.val_size), image_size=image_size,
+              stream=cfg.feature_extraction)
     train = get_dataset(cfg.dataset, "train", download=cfg.download, **kw)
     if 0 < cfg.subset < len(train):
         if cfg.subset < len(train.classes):
             out.warn(f"--subset {cfg.subset} is smaller than the {len(train.classes)} classes of {cfg.dataset}: some "
                      f"classes get no training image")
-        if train.images is None:
-            raise CnnlabError("--subset works for datasets held in memory, not streamed folders")
         train = train.subset(stratified_split(train.targets, cfg.subset, seed=cfg.seed)[1])
     val = get_dataset(cfg.dataset, "val", **kw) if val_size_arg(cfg.val_size) != 0 else None
     if val is not None and len(val) == 0:  # a carve-out of 0 images: no validation, rather than 0% every epoch

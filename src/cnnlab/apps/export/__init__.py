@@ -1,7 +1,6 @@
 """Shipping a trained model: ONNX / TorchScript export with embedded metadata, and predictors for the exports."""
 
 from cnnlab.apps.export.exporter import (
-    EXPORTERS,
     FORMATS,
     CheckResult,
     ExportCheckError,
@@ -10,6 +9,7 @@ from cnnlab.apps.export.exporter import (
 )
 from cnnlab.apps.export.metadata import ExportMetadata
 from cnnlab.apps.export.onnx_predictor import OnnxPredictor, TorchScriptPredictor, load_predictor
+from cnnlab.models.onnx import EXPORTERS
 
 __all__ = [
     "EXPORTERS",

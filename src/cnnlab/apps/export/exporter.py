@@ -12,14 +12,13 @@ import torch
 from torch import nn
 
 from cnnlab.apps.export.metadata import KEY, ExportMetadata
-from cnnlab.apps.export.runtime import quiet_jit, require_onnx
 from cnnlab.data import take
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_path
-from cnnlab.models.outputs import split_logits
+from cnnlab.models.onnx import onnx_model, opset_of, quiet_jit
+from cnnlab.models.outputs import LogitsOnly
 
 FORMATS = ("onnx", "torchscript")
-EXPORTERS = ("auto", "dynamo", "legacy")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript"}
 # |exported - torch| <= ATOL + RTOL * |torch| per logit; RTOL allows for float32 rounding of large logits.
 ATOL, RTOL = 1e-4, 1e-5
@@ -29,17 +28,6 @@ class ExportCheckError(CnnlabError):
     """The exported model does not reproduce torch's outputs."""
 
 
-class LogitsOnly(nn.Module):
-    """The model with its output reduced to the logits tensor (Inception v3 may return a named tuple)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return split_logits(self.model(x))[0]
-
-
 def example_input(input_size: Sequence[int], batch: int = 2) -> torch.Tensor:
     """A fixed random batch to trace with; batch 2 so that no exporter specializes the batch dimension to 1."""
     g = torch.Generator().manual_seed(0)
@@ -47,60 +35,6 @@ def example_input(input_size: Sequence[int], batch: int = 2) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the two formats
-
-
-def onnx_model(model: nn.Module, example: torch.Tensor, opset: int | None = None, exporter: str = "auto"):
-    """(onnx.ModelProto, exporter used, notes): input "input" and output "logits" with a dynamic batch dimension.
-
-    "dynamo" is torch.export-based, the maintained exporter; "legacy" the TorchScript-based one, which this torch
-    deprecates; "auto" tries dynamo and falls back to legacy when dynamo cannot export the model.
-    """
-    if exporter not in EXPORTERS:
-        raise CnnlabError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    require_onnx("onnx")
-    notes: list[str] = []
-    errors: list[str] = []
-    for name in (("dynamo", "legacy") if exporter == "auto" else (exporter,)):
-        try:
-            proto = _dynamo_onnx(model, example, opset) if name == "dynamo" else _legacy_onnx(model, example, opset)
-            return proto, name, notes
-        except Exception as exc:  # exporters raise many types; the fallback or the message below handles them
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            errors.append(f"{name} exporter: {type(exc).__name__}: {first}")
-            if exporter == "auto" and name == "dynamo":
-                notes.append(f"the dynamo exporter failed ({type(exc).__name__}: {first}); used the legacy one")
-    hint = "--exporter legacy, another --opset" if exporter == "dynamo" else "another --opset"
-    raise CnnlabError("ONNX export failed: " + "; ".join(errors) + f". Try {hint}, or --format torchscript")
-
-
-def _dynamo_onnx(model: nn.Module, example: torch.Tensor, opset: int | None):
-    require_onnx("onnxscript")  # the dynamo exporter builds its graphs with it
-    batch = torch.export.Dim("batch")
-    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"], output_names=["logits"],
-                                dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
-                                optimize=True)
-    proto = program.model_proto
-    # Below opset 18 dynamo exports at 18 and converts down; when that fails it keeps 18 with only a log line.
-    if opset is not None and opset_of(proto) != opset:
-        raise RuntimeError(f"could not convert the graph to opset {opset} (it is at opset {opset_of(proto)})")
-    return proto
-
-
-def opset_of(proto) -> int | None:
-    """The default-domain opset of an ONNX model."""
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-
-
-def _legacy_onnx(model: nn.Module, example: torch.Tensor, opset: int | None):
-    import io
-
-    import onnx
-
-    buf = io.BytesIO()
-    with quiet_jit():
-        torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset)
-    return onnx.load_model_from_string(buf.getvalue())
 
 
 def write_onnx(proto, meta: ExportMetadata, path: Path) -> None:

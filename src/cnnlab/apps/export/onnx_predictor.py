@@ -9,9 +9,9 @@ from typing import Sequence
 import torch
 
 from cnnlab.apps.export.metadata import KEY, ExportMetadata
-from cnnlab.apps.export.runtime import quiet_jit, require_onnx
 from cnnlab.data.pipeline import Pipeline
 from cnnlab.errors import CnnlabError
+from cnnlab.models.onnx import default_providers, quiet_jit, require_onnx, session_options
 from cnnlab.training.run import Predictor
 
 TORCHSCRIPT_SUFFIX = ".torchscript"
@@ -46,27 +46,6 @@ class _ExportedPredictor(Predictor):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, model={self.meta.model.get('name')!r})"
-
-
-def default_providers() -> list[str]:
-    """CUDA when this onnxruntime build and machine have it, always with the CPU as the fallback."""
-    ort = require_onnx()
-
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
-def session_options(threads: int | None = None):
-    """ORT session options: every graph optimization, quiet logs, and `threads` intra-op threads (None: ORT's)."""
-    ort = require_onnx()
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # errors only: ORT otherwise warns about unused initializers and the like
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    return so
 
 
 class OnnxPredictor(_ExportedPredictor):
