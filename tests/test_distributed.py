@@ -1,19 +1,24 @@
-"""Several processes: torchrun and `cnnlab train --nproc`, 2 ranks with gloo on loopback, on the CPU.
+"""Several processes: torchrun and `cnnlab train --nproc`, 2 ranks with gloo on loopback, on the CPU; and several
+machines: two torchrun agents as two nodes on 127.0.0.1 (each in its own folder and session, one process each).
 
-Each multi-process job costs ~10-25 s of start-up on a loaded 2-core machine, so the suite starts two: one that
-trains to the end (shared by the tests below it) and one whose rank 1 is killed.
+Each multi-process job costs ~5-25 s of start-up on a loaded 2-core machine, so the suite starts few: one that
+trains to the end (shared by the tests below it), one whose rank 1 is killed, and per torchrun form (static
+--master-addr, c10d rendezvous) one two-node job that trains to the end and one that loses a node.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,7 +35,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models.weights import weights_digest
 from cnnlab.training.checkpoint import load_checkpoint, resume_position
 from cnnlab.training.config import explicit_settings
-from cnnlab.training.distributed import cpu_cores
+from cnnlab.training.distributed import DistEnv, Peer, cpu_cores, describe_peer_failure, peer_failure
 from cnnlab.training.launch import launch, settings_to_argv, torchrun_args
 from cnnlab.training.schedule import lr_at
 
@@ -86,8 +91,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _job_env(**extra: str) -> dict[str, str]:
-    return os.environ | {"PYTHONUNBUFFERED": "1", **extra}
+def _job_env(guard: Path | None = None, **extra: str) -> dict[str, str]:
+    """The suite's environment for a job; `guard`: a folder put first on PYTHONPATH (its sitecustomize runs)."""
+    env = os.environ | {"PYTHONUNBUFFERED": "1", **extra}
+    if guard is not None:  # first, before the source folder a checkout may be tested from
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(guard), os.environ.get("PYTHONPATH")) if p)
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +110,7 @@ def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
            "-m", "cnnlab", "train", *settings_to_argv(SETTINGS)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=JOB_TIMEOUT,
-                          env=_job_env(PYTHONPATH=str(guard), TMPDIR=str(scratch)))
+                          env=_job_env(guard, TMPDIR=str(scratch)))
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     runs = sorted((work / "runs").iterdir())
@@ -229,6 +238,171 @@ def _rank_pid(mark: str, rank: int) -> int:
             if wanted <= env:
                 return int(entry.name)
     raise AssertionError(f"no process of rank {rank} found")
+
+
+# Several machines: the README's torchrun commands for two nodes, each node a torchrun agent on 127.0.0.1.
+
+NODE_SETTINGS = dict(recipe="digits", seed=3, threads=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_command(form: str, node: int, port: int, rdzv_id: str, train_args: list[str]) -> list[str]:
+    """The README's command for one node: the static form names the node and rank 0's host, c10d a rendezvous."""
+    if form == "static":
+        where = ["--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    else:
+        where = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", rdzv_id]
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", *where,
+            "-m", "cnnlab", "train", *train_args]
+
+
+class Node:
+    """One torchrun agent as one machine: its own folder and session, its output read as it comes; `news` is set
+    by rank 0's first epoch line (training is under way) or by the end of the output, whichever comes first."""
+
+    def __init__(self, cmd: list[str], folder: Path, env: dict[str, str], news: threading.Event) -> None:
+        folder.mkdir()
+        self.folder, self.lines, self.has_rank_0 = folder, [], False
+        self.proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, args=(news,), daemon=True)
+        self._reader.start()
+
+    def _read(self, news: threading.Event) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith('{"event": "epoch"'):  # only rank 0 prints
+                self.has_rank_0 = True
+                news.set()
+        news.set()
+
+    def output(self) -> str:
+        self._reader.join(timeout=JOB_TIMEOUT)
+        return "".join(self.lines)
+
+    def kill(self) -> None:
+        """The machine dies: SIGKILL to the agent's process group and its workers' (each in a session of its own)."""
+        workers = [int(pid) for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
+                   for pid in (task / "children").read_text().split()]
+        for group in (self.proc.pid, *workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        self.proc.wait()
+
+
+@contextlib.contextmanager
+def two_nodes(form: str, folder: Path, train_args: list[str], env: dict[str, str], news: threading.Event):
+    """Both nodes' torchrun started at once (as on two machines), each in folder/node0 or node1; killed after."""
+    port, rdzv_id = _free_port(), uuid.uuid4().hex[:8]
+    nodes = [Node(_node_command(form, n, port, rdzv_id, train_args), folder / f"node{n}", env, news) for n in (0, 1)]
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            if node.proc.poll() is None:
+                node.kill()
+
+
+def _rank_0_first(nodes: list[Node]) -> list[Node]:
+    """[rank 0's node, the other]: the static form's node 0; with c10d, the rendezvous decides."""
+    assert any(n.has_rank_0 for n in nodes), "\n".join("".join(n.lines)[-3000:] for n in nodes)
+    return sorted(nodes, key=lambda n: not n.has_rank_0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["static", "c10d"])
+def test_two_nodes_train_one_run(form: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    guard, scratch = tmp_path_factory.mktemp("guard"), tmp_path_factory.mktemp("scratch")
+    (guard / "sitecustomize.py").write_text(WRITE_GUARD)  # rank 1 may write nothing
+    news = threading.Event()
+    args = [*settings_to_argv({**NODE_SETTINGS, "epochs": 2}), "--json"]
+    with two_nodes(form, tmp_path, args, _job_env(guard, TMPDIR=str(scratch)), news) as nodes:
+        codes = [node.proc.wait(timeout=JOB_TIMEOUT) for node in nodes]
+        outputs = [node.output() for node in nodes]
+    assert codes == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    main, other = _rank_0_first(nodes)
+    if form == "static":
+        assert main is nodes[0]  # --node-rank 0 holds rank 0
+    assert not any("WRITE BY RANK" in o for o in outputs), outputs
+    assert list(other.folder.iterdir()) == []  # nothing on the other machine
+    assert [p.name for p in main.folder.iterdir()] == ["runs"]
+    (run_dir,) = (main.folder / "runs").iterdir()
+    done = [json.loads(line) for o in outputs for line in o.splitlines() if line.startswith('{"event": "done"')]
+    assert len(done) == 1 and done[0]["run"] == str(Path("runs") / run_dir.name), done  # one run, reported once
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and results["epochs_run"] == 2 and results["test_acc"] > 0.5
+    assert json.loads((run_dir / "config.json").read_text())["resolved"]["world_size"] == 2
+    digests = results["weights_sha1_by_rank"]  # each rank's final weights, gathered by rank 0
+    final = load_checkpoint(run_dir / "checkpoints" / "last.pt")["state_dict"]
+    assert len(digests) == 2 and digests[0] == digests[1] == weights_digest(final)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form, lose_rank_0", [("static", False), ("c10d", True)])
+def test_a_lost_node_stops_the_other_with_one_line_and_the_run_resumes(form: str, lose_rank_0: bool,
+                                                                       tmp_path: Path) -> None:
+    news, epochs = threading.Event(), 20
+    args = [*settings_to_argv({**NODE_SETTINGS, "epochs": epochs, "checkpoint_every": 0.5}), "--json"]
+    with two_nodes(form, tmp_path, args, _job_env(), news) as nodes:
+        assert news.wait(timeout=JOB_TIMEOUT)
+        main, other = _rank_0_first(nodes)  # training is under way
+        lost, survivor = (main, other) if lose_rank_0 else (other, main)
+        lost.kill()
+        code = survivor.proc.wait(timeout=60)  # not CNNLAB_DIST_TIMEOUT's 600 s
+        output = survivor.output()
+    assert code != 0
+    # One process a node: rank r is on node r.
+    kept, gone, host = int(lose_rank_0), int(not lose_rank_0), socket.gethostname()
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output[-4000:]
+    assert errors[0].startswith(f"error: rank {kept} (node {kept}, host {host}) lost its connection to rank {gone} "
+                                f"(node {gone}, host {host}): "), errors[0]
+    assert f"[rank{kept}]:" not in output, output[-4000:]  # no traceback of the rank's own
+    (run_dir,) = (main.folder / "runs").iterdir()
+    assert not (run_dir / "results.json").exists()
+    # The survivor names the folder rank 0 made (a name with the time in it: rank 1 knows it from rank 0 alone).
+    resume = re.search(r"resume from the last checkpoint with `cnnlab train --resume (\S+)`", errors[0])
+    assert resume and resume.group(1) == str(Path("runs") / run_dir.name), errors[0]
+    proc = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--resume", resume.group(1), "--threads", "1"],
+                          cwd=main.folder, capture_output=True, text=True, timeout=JOB_TIMEOUT, env=_job_env())
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and results["epochs_run"] == epochs and results["test_acc"] > 0.85
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert ckpt["distributed"]["world_size"] == 1 and ckpt["epoch"] == epochs
+
+
+def test_a_lost_peer_is_named_as_far_as_the_error_tells(monkeypatch) -> None:
+    # gloo's words, as torch raises them (RuntimeError), when a peer's process or machine dies or goes silent.
+    closed = RuntimeError("[/w/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                          "[10.0.0.1]:41234. This is typically caused by a remote worker crashing.")
+    reset = RuntimeError("[/w/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [10.9.9.9]:5: "
+                         "Connection reset by peer.")
+    silent = RuntimeError("[/w/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "
+                          "30000ms for recv operation to complete")
+    assert all(peer_failure(e) for e in (closed, reset, silent, dist.DistNetworkError("Broken pipe")))
+    assert not any(peer_failure(e) for e in (RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
+                                             ValueError("Connection closed by peer")))
+    # Two nodes of two processes: the address gloo names is node 1's.
+    peers = tuple(Peer(r, r // 2, f"host{r // 2}", f"10.0.0.{r // 2}") for r in range(4))
+    env = DistEnv(rank=0, world_size=4, local_rank=0, local_world_size=2, peers=peers)
+    assert describe_peer_failure(env, closed) == (
+        "rank 0 (node 0, host host0) lost its connection to a process of node 1 (host host1: ranks 2, 3): that "
+        "process, its machine or the network failed")
+    assert "lost its connection to a process at [10.9.9.9]:5:" in describe_peer_failure(env, reset)
+    # Two processes: the lost one is the other, whatever the address; a silent one is waited for as long as set.
+    monkeypatch.setenv("CNNLAB_DIST_TIMEOUT", "30")
+    pair = DistEnv(rank=1, world_size=2, peers=(Peer(0, 0, "a", "10.0.0.1"), Peer(1, 1, "b", "10.0.0.2")))
+    assert describe_peer_failure(pair, reset).startswith(
+        "rank 1 (node 1, host b) lost its connection to rank 0 (node 0, host a): ")
+    assert describe_peer_failure(pair, silent) == (
+        "rank 1 (node 1, host b) waited 30 s (CNNLAB_DIST_TIMEOUT) for rank 0 (node 0, host a) in vain: it stopped "
+        "or stalls")
 
 
 def test_sync_batchnorm_is_refused_on_the_cpu_with_a_clear_error(capsys) -> None:

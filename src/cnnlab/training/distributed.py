@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
+import socket
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -24,15 +26,34 @@ from cnnlab.errors import CnnlabError
 DEFAULT_TIMEOUT_S = 600.0
 TIMEOUT_ENV = "CNNLAB_DIST_TIMEOUT"
 
+# How torch reports a collective whose peer went away or stopped answering: gloo's errors come as RuntimeError with
+# these in the message (a closed or reset connection, a timeout); the store's as torch.distributed.DistError.
+GLOO_PEER_ERRORS = ("gloo/transport/", "pair closure", "Connection closed by peer", "Connection reset by peer",
+                    "Timed out waiting")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where one rank runs: its node (torchrun's GROUP_RANK), the host's name and the address gloo uses for it."""
+
+    rank: int
+    node: int
+    host: str
+    address: str
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} (node {self.node}, host {self.host})"
+
 
 @dataclass
 class DistEnv:
-    """This process's place in the job."""
+    """This process's place in the job, and where every rank runs (to name one that is lost)."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1
+    peers: tuple[Peer, ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -133,7 +154,52 @@ def init_distributed(device_type: str) -> DistEnv:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_seconds()))
+    env.peers = tuple(env.all_gather_object(this_peer(env.rank)))
     return env
+
+
+def this_peer(rank: int) -> Peer:
+    """This process as a Peer, its address the first its host name resolves to (gloo's default device binds the
+    first of them it can)."""
+    host = socket.gethostname()
+    try:
+        address = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+    except (OSError, IndexError):
+        address = ""
+    return Peer(rank, int(os.environ.get("GROUP_RANK", "0")), host, address)
+
+
+def peer_failure(exc: BaseException) -> bool:
+    """Whether `exc` is a collective (or the job's store) failing because another process is gone or silent."""
+    return isinstance(exc, dist.DistError) or (
+        isinstance(exc, RuntimeError) and any(mark in str(exc) for mark in GLOO_PEER_ERRORS))
+
+
+def describe_peer_failure(env: DistEnv, exc: BaseException) -> str:
+    """'rank 0 (node 0, host a) lost its connection to rank 1 (node 1, host b)': what a peer_failure means here."""
+    text = str(exc)
+    address = re.search(r"\[([^\]\s]+)\]:\d+", text)
+    who = lost_peer_name(env.peers, env.rank, address.group(1).removeprefix("::ffff:") if address else None)
+    if not who:
+        who = f"a process at {address.group(0)}" if address else "another process of the job"
+    me = next((str(p) for p in env.peers if p.rank == env.rank), f"rank {env.rank}")
+    if any(word in text.lower() for word in ("timed out", "timeout")):
+        return f"{me} waited {timeout_seconds():g} s ({TIMEOUT_ENV}) for {who} in vain: it stopped or stalls"
+    return f"{me} lost its connection to {who}: that process, its machine or the network failed"
+
+
+def lost_peer_name(peers: tuple[Peer, ...], rank: int, address: str | None) -> str:
+    """The rank (or the node) behind a failed connection, as far as it can be told: the only other rank; else the
+    other ranks at the address gloo names, when they are one rank or share one node; else ''."""
+    others = [p for p in peers if p.rank != rank]
+    if len(others) > 1:
+        others = [p for p in others if address and p.address == address]
+    if len(others) == 1:
+        return str(others[0])
+    if others and len({p.node for p in others}) == 1:
+        ranks = ", ".join(str(p.rank) for p in others)
+        return f"a process of node {others[0].node} (host {others[0].host}: ranks {ranks})"
+    return ""
 
 
 def cpu_cores() -> int:

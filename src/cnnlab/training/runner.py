@@ -13,12 +13,13 @@ import threading
 import time
 from typing import Any, Iterable
 
+from cnnlab.errors import CnnlabError
 from cnnlab.models.weights import weights_digest
 from cnnlab.training import budget, metrics
 from cnnlab.training.callbacks import Callbacks, TrainingRun, run_callbacks
 from cnnlab.training.checkpoint import load_checkpoint
 from cnnlab.training.console import Printer
-from cnnlab.training.distributed import shutdown
+from cnnlab.training.distributed import describe_peer_failure, peer_failure, shutdown
 from cnnlab.training.engine import NonFiniteLoss, train_one_epoch
 from cnnlab.training.inference import evaluate
 from cnnlab.training.record import RunFiles
@@ -83,6 +84,10 @@ def fit(job: Job, state: TrainState, callbacks: Iterable[Any] = (), out: Printer
         if files is not None:
             files.results({"status": "diverged", "epochs_run": state.epoch, "step": state.step})
         raise NonFiniteLoss(diverged_message(job, exc), exc.step, exc.value, exc.lr, exc.last_finite) from None
+    except Exception as exc:
+        if job.env.enabled and peer_failure(exc):  # another node died: one line, not torch's traceback
+            raise CnnlabError(lost_peer_message(job, state, exc)) from None
+        raise
     finally:
         hooks.train_end(results)
     shutdown(job.env)
@@ -275,6 +280,18 @@ def interrupted(job: Job, state: TrainState, files: RunFiles | None, out: Printe
     out.interrupted(state, job.run_dir)
     shutdown(job.env)
     return Run(job.run_dir, model=job.classifier.module, status="interrupted")
+
+
+def lost_peer_message(job: Job, state: TrainState, exc: BaseException) -> str:
+    """Which process was lost, where training stopped, and how to go on from the last checkpoint."""
+    where = (f"training stopped in epoch {state.epoch + 1}" if state.meter is not None
+             else f"training stopped after epoch {state.epoch}") + f" (step {state.step})"
+    if job.env.is_main and not (job.run_dir / "checkpoints" / "last.pt").exists():
+        then = ("no checkpoint was written yet (--checkpoint-every sets how often one is, in seconds): start the "
+                "run again")
+    else:
+        then = f"resume from the last checkpoint with `cnnlab train --resume {job.run_dir}` (any number of processes)"
+    return f"{describe_peer_failure(job.env, exc)}; {where}; {then}"
 
 
 def diverged_message(job: Job, exc: NonFiniteLoss) -> str:
