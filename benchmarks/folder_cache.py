@@ -7,7 +7,7 @@ dir. Start-up is wall time from starting a `python` process to the end of the fi
 the cache that run left (second run); the baselines are the same run on built-in `mnist` (its decode cache warm)
 and a process that only imports what every run imports (cnnlab, torch, torch._dynamo). Epochs are one pass of
 `BatchLoader` (augmented, normalized batches of 256, no model) over the folder's training split held in memory,
-over the same split streamed through DataLoader workers (forced with a small in-memory limit), and over as many
+over the same split streamed from disk by decoding threads (forced with a small in-memory limit), and over as many
 built-in MNIST images. Medians of the rounds; rounds interleave the variants so drifts hit all alike.
 
     CNNLAB_DATA=../shared/data python benchmarks/folder_cache.py [--images 8000] [--rounds 3] [--workers 2]
@@ -100,7 +100,7 @@ def epoch_rounds(folder: Path, rounds: int, workers: int) -> dict[str, list[floa
     loaders = {
         f"built-in mnist, {len(mnist):,} images, in memory": BatchLoader(mnist, 256, pipe, augment=aug, shuffle=True),
         f"folder, {len(memory):,} images, in memory": BatchLoader(memory, 256, pipe, augment=aug, shuffle=True),
-        f"folder, streamed ({workers} workers)": BatchLoader(stream, 256, pipe, augment=aug, shuffle=True,
+        f"folder, streamed ({workers} threads)": BatchLoader(stream, 256, pipe, augment=aug, shuffle=True,
                                                              num_workers=workers),
     }
     gc.collect()
@@ -130,7 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=8000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the streamed folder")
+    ap.add_argument("--workers", type=int, default=2, help="decoding threads of the streamed folder")
     ap.add_argument("--epochs-only", action="store_true", help="skip the start-up runs")
     args = ap.parse_args()
     print_environment()

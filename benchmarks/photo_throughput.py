@@ -104,29 +104,39 @@ def network_alone(folder: Path, images: int, repeat: int) -> dict[str, float]:
     return speeds
 
 
+# `cnnlab train` as the command runs it (its malloc tuning), then the process's peak resident memory from the kernel
+# (VmHWM: this process's own, where a fork's maximum would count the parent's too).
+CHILD = """
+import sys
+import cnnlab.training.backends as backends
+from cnnlab.cli.main import main
+from cnnlab.cli.tuning import tune_malloc
+if {torch_only}:
+    backends.PAYS_S = float("inf")  # the torch float32 path: never an export
+tune_malloc()
+code = main(sys.argv[1:])
+print("VMHWM", open("/proc/self/status").read().split("VmHWM:")[1].split()[0], flush=True)
+sys.exit(code)
+"""
+
+
 def first_and_second_run(folder: Path, out: Path, torch_only: bool = False) -> list[dict]:
     """`cnnlab train --dataset folder:DIR` twice in fresh processes sharing one new cache: seconds, peak memory,
     results."""
     cache = Path(tempfile.mkdtemp(prefix="cnnlab-photo-cache-"))
-    child = ("import sys, cnnlab.training.backends as b; b.PAYS_S = float('inf'); "  # torch only: never an export
-             "from cnnlab.cli.main import main; sys.exit(main(sys.argv[1:]))") if torch_only else None
     rows = []
     try:
         for which in ("first", "second"):
             run_dir = out / f"{'torch-' if torch_only else ''}{which}"
-            cmd = [sys.executable, "-c", child] if child else [sys.executable, "-m", "cnnlab"]
-            cmd += ["train", "--dataset", f"folder:{folder}", "--out", str(run_dir), "--overwrite", "--quiet"]
+            cmd = [sys.executable, "-c", CHILD.format(torch_only=torch_only), "train", "--dataset", f"folder:{folder}",
+                   "--out", str(run_dir), "--overwrite", "--quiet"]
             env = {**os.environ, "CNNLAB_CACHE": str(cache)}
-            log = out / f"{run_dir.name}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "w") as f:
-                t0 = time.perf_counter()
-                proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-                _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory (it forks nothing)
-                seconds = time.perf_counter() - t0
-            if os.waitstatus_to_exitcode(status) != 0:
-                raise SystemExit(f"the {which} run failed:\n{log.read_text()[-3000:]}")
-            peak = usage.ru_maxrss / 1024  # MiB
+            t0 = time.perf_counter()
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - t0
+            if done.returncode != 0:
+                raise SystemExit(f"the {which} run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+            peak = int(done.stdout.split("VMHWM")[-1].split()[0]) / 1024  # MiB: the process's own high-water mark
             results = json.loads((run_dir / "results.json").read_text())
             fx = results.get("feature_extraction") or {}
             rows.append({"run": which, "seconds": seconds, "peak_mib": peak, "test_acc": results["test_acc"],

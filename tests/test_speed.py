@@ -42,12 +42,16 @@ SMOKE_ARGS: dict[str, list[str] | None] = {
     "auto_defaults.py": ["--quick", "--folders", "digits", "--threads", "1"],
     "channels_last.py": ["--steps", "2", "--rounds", "1", "--batches", "16"],
     "overview_speed.py": ["--quick"],
+    "photo_throughput.py": ["--images", "60", "--side", "96", "--quick"],
+    "folder_scale.py": ["--sizes", "1200,2400", "--no-mnist"],
 }
 # What a script must print besides its environment line.
 SMOKE_EXPECT = {
     "fault_matrix.py": ["1 of 1 killed runs ended bit-identical"],
     "api_fuzz.py": ["0 operations with failures"],
     "overview_speed.py": ["efficientnet_lite0  3x96x96", "vs predict"],
+    "photo_throughput.py": ["ONNX Runtime float32", "first run / the fastest backend's pure embedding time"],
+    "folder_scale.py": ["exponent 1,200 -> 2,400: scan"],
     # our seeds run again after the reference, and the ratio uses both rounds
     "time_to_accuracy.py": ["fast-mnist, after the reference:", "median of both rounds", "before it", "after it"],
 }

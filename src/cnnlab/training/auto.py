@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from cnnlab.data.profile import DataProfile
 from cnnlab.models import get_model_info, parse_input_size
+from cnnlab.models.weights import PRETRAINED_EXTRA
 
 SCRATCH_MODEL = "fastnet"  # a small BatchNorm CNN that trains from scratch in seconds on a CPU
 PRETRAINED_BACKBONE = "efficientnet_lite0"  # offline ImageNet weights (the pretrained-backbone extra)
@@ -81,12 +82,15 @@ def _model(c: AutoChoice, profile: DataProfile, pretrained_available: bool,
     if given.get("model") is None and use_pretrained:
         c.pick(given, "model", PRETRAINED_BACKBONE, f"photo-like images of {profile.side} px and ImageNet weights on "
                f"this machine: a linear head on pretrained features")
-        c.pick(given, "feature_extraction", True, "few photos: fit a linear head on fixed pretrained features")
+        c.pick(given, "feature_extraction", True, "photos: each embedded once by the pretrained backbone (cached), "
+               "then a linear head fitted on those fixed features in seconds: what transfers best from few photos, "
+               "and what scales to many")
         c.pick(given, "weights", "DEFAULT", "the backbone's ImageNet weights")
         return PRETRAINED_BACKBONE, min(get_model_info(PRETRAINED_BACKBONE).input_size[1:]), True
+    missing = profile.kind == "photo" and profile.side >= PRETRAINED_MIN_SIDE and given.get("model") is None
     model = c.pick(given, "model", SCRATCH_MODEL, "a compact BatchNorm CNN that trains from scratch in seconds on a "
-                   "CPU" + (" (no pretrained weights on this machine)" if profile.kind == "photo"
-                            and profile.side >= PRETRAINED_MIN_SIDE else ""))
+                   "CPU" + (f" (no ImageNet weights on this machine: {PRETRAINED_EXTRA} gives these photos pretrained "
+                            f"features)" if missing else ""))
     if given.get("model") is not None and not given.get("input_size"):  # the user's model at its own size
         info = get_model_info(model)
         return model, min(info.input_size[1:]), info.mean is not None
@@ -266,6 +270,8 @@ def _describe(c: AutoChoice, profile: DataProfile, model: str, epochs: int, step
         size = s.get("input_size") or "its own size"
         head = " (a linear head over its last map)" if (s.get("model_kwargs") or {}).get("head") == "flatten" else ""
         c.notes.append(f"{model} at {size}" + (" (ImageNet features)" if s.get("feature_extraction") else head))
+        if "no ImageNet weights" in c.reasons.get("model", ""):
+            c.notes.append(f"no ImageNet weights here ({PRETRAINED_EXTRA} gives photos pretrained features)")
     if "epochs" in s and "--budget" in c.reasons["epochs"]:
         c.notes.append(f"batches of {batch}, epochs planned for the --budget")
     elif "epochs" in s or "batch_size" in s:
@@ -333,6 +339,8 @@ def fill_auto(cfg: Any, pretrained_available: bool = False) -> tuple[Any, AutoCh
     if is_settled(cfg):
         return cfg, None
     given = given_settings(cfg)
-    profile = profile_dataset(cfg.dataset, cfg.data_dir, given["val_size"], cfg.subset)
+    from cnnlab.training.config import val_size_arg
+
+    profile = profile_dataset(cfg.dataset, cfg.data_dir, val_size_arg(cfg.val_size), cfg.subset)
     choice = choose(profile, pretrained_available, given)
     return dataclasses.replace(cfg, **choice.settings), choice
