@@ -74,8 +74,9 @@ def feature_frame(features: Mapping[str, torch.Tensor], layer: str, channel: int
     kind = getattr(features, "types", {}).get(layer, "")
     title = f"{layer}{f' ({kind})' if kind else ''}, channel {channel} of {maps.shape[0]}: {m.shape[0]}x{m.shape[1]}"
     with plot_style():
-        fig = new_figure((4.2, 3.6))
-        feature_map(m, ax=fig.add_subplot(), title=title)
+        fig = new_figure((4.6, 3.8))
+        feature_map(m, ax=fig.add_subplot())
+        fig.suptitle(title, fontsize=9)  # one line: a panel title would wrap at the panel's width
     text = (f"{title}; min {m.min().item():.3g}, max {m.max().item():.3g}, mean {m.mean().item():.3g}, "
             f"{(m == 0).float().mean().item():.0%} zeros")
     return Frame(fig, text)
