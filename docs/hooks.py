@@ -24,7 +24,8 @@ from mkdocs.structure.files import File, Files
 ROOT = Path(__file__).resolve().parent.parent
 # Relative links of the repository's Markdown files -> where those pages are on the site.
 LINKS = {"docs/ARCHITECTURE.md": "ARCHITECTURE.md", "benchmarks/README.md": "benchmarks.md",
-         "SECURITY.md": "security.md", "lessons/": "lessons/index.md", "docs/callbacks.md": "callbacks.md"}
+         "SECURITY.md": "security.md", "lessons/": "lessons/index.md", "lessons/README.md": "lessons/index.md",
+         "docs/callbacks.md": "callbacks.md"}
 HELP_COLUMNS = "100"  # argparse wraps help text to the terminal; the reference is generated at one fixed width
 
 
@@ -154,10 +155,11 @@ def lessons_index() -> str:
     """The lessons in order, each with what the learner will be able to do (read from the notebooks)."""
     execute = load_execute()
     parts = ["# Learn CNNs with cnnlab", "",
-             "Six lessons that walk the classic tutorials' path: each idea worked out by hand, checked against "
+             "Eight lessons that walk the classic tutorials' path: each idea worked out by hand, checked against "
              "PyTorch, then used on a real model you train. Each runs top to bottom in a minute or two on a "
              "laptop CPU; the pages below show the outputs of the run that built this site, and every number "
-             "their text states is checked in CI.", "",
+             "their text states is checked in CI (a figure quoted from elsewhere is underlined: hover over it for "
+             "its source). Where a lesson has a widget to move, this page shows the picture it starts with.", "",
              "Run them yourself: `pip install 'cnnlab[lessons]'`, then `cnnlab lessons open 1` (it copies the "
              "notebook into `./cnnlab-lessons` and starts JupyterLab). The data they need is the bundled digits, "
              "scikit-learn's sample photos, and MNIST and Fashion-MNIST, downloaded the first time if they are "
@@ -167,4 +169,6 @@ def lessons_index() -> str:
         title = text.splitlines()[0].lstrip("# ").strip()
         goals = text.split("**You will be able to**", 1)[1].split("\n\n", 2)[1]
         parts += [f"## [{title}]({path.name})", "", goals.strip(), ""]
+    readme = (ROOT / "lessons" / "README.md").read_text(encoding="utf-8")
+    parts.append(readme[readme.index("## Every number checked"):].replace("## Widgets", "## The widgets"))
     return "\n".join(parts)

@@ -5,7 +5,9 @@
 
 An executed copy is reused while neither the lesson nor cnnlab's source changed: their hash is kept in the copy's
 metadata. Each lesson runs in a fresh kernel in a scratch folder, so the runs and files it writes go nowhere else.
-Needs nbclient and ipykernel (`pip install -e '.[docs]'`).
+A widget's live state does not outlive its kernel: the copy keeps the static frame each lesson widget displays with
+itself (a PNG), which is what the documentation site shows in its place. Needs nbclient, ipykernel and ipywidgets
+(`pip install -e '.[docs]'`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ ROOT = LESSONS.parent
 DEFAULT_OUT = ROOT / "build" / "lessons"
 CELL_TIMEOUT_S = 600
 PROBE_MARK = "cnnlab-probe:"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 # Appended to a lesson to read the values it promises; removed again before the executed copy is saved.
 PROBE_CELL = """
@@ -103,6 +106,7 @@ def execute(path: Path, out_dir: Path = DEFAULT_OUT, probe: Sequence[str] = (), 
         client.execute(env=kernel_env)
     seconds = time.perf_counter() - t0
     values = read_probe(nb.cells.pop()) if probe else {}
+    static_widgets(nb)
     nb.metadata["cnnlab"] = {"source_key": source_key(path), "seconds": round(seconds, 1), "values": values}
     out_dir.mkdir(parents=True, exist_ok=True)
     copy = out_dir / path.name
@@ -110,6 +114,15 @@ def execute(path: Path, out_dir: Path = DEFAULT_OUT, probe: Sequence[str] = (), 
     nbformat.write(nb, tmp)
     os.replace(tmp, copy)  # a half-written copy is never taken for a finished one
     return Executed(copy, values, seconds)
+
+
+def static_widgets(nb: Any) -> None:
+    """Widgets as their static frames: each widget view is dropped from the outputs (its PNG and text stay), and so is
+    the widget state (it would need the widget scripts from a CDN to render, and the site works offline)."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            out.get("data", {}).pop(WIDGET_VIEW, None)
 
 
 def read_probe(cell: Any) -> dict[str, Any]:

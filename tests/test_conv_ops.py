@@ -78,6 +78,20 @@ def test_explain_corr2d_writes_out_the_products() -> None:
     assert "5*(-1)" in negative and negative.endswith("= -43")
 
 
+def test_explain_corr2d_with_stride_padding_and_dilation_is_torchs_output() -> None:
+    x = torch.arange(30.0).view(5, 6) % 7 - 3
+    k = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    for stride, padding, dilation in [(2, 0, 1), (1, 1, 1), (2, 1, 2), (3, 2, 1)]:
+        y = F.conv2d(x[None, None], k[None, None], stride=stride, padding=padding, dilation=dilation)[0, 0]
+        for i in range(y.shape[0]):
+            for j in range(y.shape[1]):
+                step = explain_corr2d(x, k, i, j, stride=stride, padding=padding, dilation=dilation)
+                assert step.value == pytest.approx(y[i, j].item(), abs=1e-9)
+    step = explain_corr2d(x, k, 1, 0, stride=2, padding=1, dilation=2)
+    assert (step.row, step.col) == (2, 0) and step.window_text() == "X_padded[2:5:2, 0:3:2]"
+    assert str(explain_corr2d(x, k, 0, 1, stride=2)).startswith("Y[0, 1] = sum(X[0:2, 2:4] * K)")
+
+
 def test_dilation_spreads_the_kernel() -> None:
     # a 2x2 kernel with dilation 2 reads X[0,0], X[0,2], X[2,0], X[2,2] of the 3x3 input
     y = conv2d(X3[None, None], torch.ones(1, 1, 2, 2), dilation=2)

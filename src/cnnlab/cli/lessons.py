@@ -41,8 +41,8 @@ class Lesson:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "lessons",
-        help="the Jupyter lessons, from tensors to transfer learning: list them, open one",
-        description=textwrap.fill("Six numbered Jupyter lessons that walk the classic CNN tutorials' path with "
+        help="the Jupyter lessons, from tensors to colour images and transfer learning: list them, open one",
+        description=textwrap.fill("Eight numbered Jupyter lessons that walk the classic CNN tutorials' path with "
                                   "cnnlab: each idea worked out by hand, checked against torch, then used on a model "
                                   "you train (each runs in a minute or two on a laptop CPU). Without an action, "
                                   "list them.", 100),

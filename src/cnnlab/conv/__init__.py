@@ -3,6 +3,7 @@
 from cnnlab.conv.explain import CorrStep, explain_corr2d
 from cnnlab.conv.learn import LearnedKernel, learn_kernel
 from cnnlab.conv.ops import conv2d, corr2d, im2col, pad2d, pool2d
+from cnnlab.conv.receptive import ReceptiveField, explain_receptive_fields, model_layers, receptive_fields
 from cnnlab.conv.sizes import (
     FORMULA,
     Layer,
@@ -18,16 +19,20 @@ __all__ = [
     "CorrStep",
     "Layer",
     "LearnedKernel",
+    "ReceptiveField",
     "conv2d",
     "corr2d",
     "explain_corr2d",
     "explain_output_size",
     "explain_output_sizes",
+    "explain_receptive_fields",
     "im2col",
     "learn_kernel",
+    "model_layers",
     "output_size",
     "output_sizes",
     "pad2d",
     "parse_layer",
     "pool2d",
+    "receptive_fields",
 ]

@@ -198,3 +198,20 @@ def _with_stats(info: DatasetInfo, train_images: torch.Tensor) -> DatasetInfo:
     var = (hist * (v - mean[:, None]).square()).sum(1) / (n - 1).clamp_min(1)
     std = var.sqrt().clamp_min(1e-3)
     return replace(info, mean=tuple(round(v, 4) for v in mean.tolist()), std=tuple(round(v, 4) for v in std.tolist()))
+
+
+def write_image_folder(images: torch.Tensor, targets: torch.Tensor, classes: tuple[str, ...] | list[str],
+                       folder: str | Path) -> Path:
+    """uint8 images (N, 1 or 3, H, W) as PNG files in folder/<class>/<index>.png: a dataset `folder:` reads back."""
+    from PIL import Image
+
+    folder = Path(folder).expanduser()
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise CnnlabError(f"write_image_folder takes uint8 images (N, 1 or 3, H, W), got {images.dtype} "
+                          f"{tuple(images.shape)}")
+    for i, (image, target) in enumerate(zip(images, targets.tolist())):
+        sub = folder / classes[target].replace("/", "-")  # "T-shirt/top" would be two folders
+        sub.mkdir(parents=True, exist_ok=True)
+        pixels = image.permute(1, 2, 0).numpy()
+        Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(sub / f"{i:05d}.png")
+    return folder
