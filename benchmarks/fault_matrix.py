@@ -53,7 +53,7 @@ def run(args: list[str], kill_after: float | None = None) -> tuple[int, float, f
 def fingerprint(run_dir: Path) -> dict:
     """What must match: both checkpoints' weights (as hashes) and the test accuracy."""
     from cnnlab.training.checkpoint import load_checkpoint
-    from cnnlab.training.distributed import weights_digest
+    from cnnlab.models.weights import weights_digest
 
     out = {name: weights_digest(load_checkpoint(run_dir / "checkpoints" / f"{name}.pt")["state_dict"])
            for name in ("last", "best")}
