@@ -26,6 +26,8 @@ COMMAND_MODULES = [
     "lr_find",
     "eval",
     "predict",
+    "runs",
+    "compare",
     # look inside and ship
     "summary",
     "explain",

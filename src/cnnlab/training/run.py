@@ -160,17 +160,9 @@ class Run(Predictor):
 
     @property
     def history(self) -> list[dict]:
-        """One dict per epoch from metrics.jsonl."""
-        path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return list(self.checkpoint.get("history", []))
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line torn by a crash mid-append; the checkpoint has the history
-                continue
-        return rows
+        """One dict per epoch from metrics.jsonl (the checkpoint's copy when there is no such file)."""
+        rows = metrics_rows(self.path)
+        return list(self.checkpoint.get("history", [])) if rows is None else rows
 
     @property
     def results(self) -> dict | None:
@@ -261,15 +253,42 @@ def load_run(path: str | Path, checkpoint: str = "best", runs_dir: str | Path = 
 
 def read_json_object(path: Path) -> dict | None:
     """A JSON object from a run's file, or None (with a warning) when the file is damaged or not an object."""
+    value, problem = json_object(path)
+    if problem:
+        print(f"warning: {problem}; ignoring it", file=sys.stderr)
+    return value
+
+
+def json_object(path: Path) -> tuple[dict | None, str | None]:
+    """A JSON object from a run's file, or (None, what is wrong with it): silent, for readers that say it their
+    way (a row of `cnnlab runs`)."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        print(f"warning: {path} is unreadable ({type(exc).__name__}); ignoring it", file=sys.stderr)
-        return None
+        return None, f"{path} is unreadable ({type(exc).__name__})"
     if not isinstance(value, dict):
-        print(f"warning: {path} holds no JSON object; ignoring it", file=sys.stderr)
+        return None, f"{path} holds no JSON object"
+    return value, None
+
+
+def metrics_rows(run_dir: Path) -> list[dict] | None:
+    """One dict per epoch from RUN/metrics.jsonl, or None when there is no such file. Lines torn by a crash
+    mid-append, or that are not JSON objects, are left out (the checkpoint has the history)."""
+    try:
+        text = (run_dir / "metrics.jsonl").read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
         return None
-    return value
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def list_runs(runs_dir: str | Path = "runs") -> list[Path]:
