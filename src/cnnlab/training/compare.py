@@ -54,14 +54,12 @@ class Comparison:
         return self.table()
 
     def _repr_html_(self) -> str:  # Jupyter: the table, then the curves
-        import base64
-
-        from cnnlab.viz.style import close_figure, figure_png
+        from cnnlab.viz.style import close_figure, figure_png, png_data_uri
 
         fig = self.figure()
-        png = base64.b64encode(figure_png(fig)).decode()
+        png = figure_png(fig)
         close_figure(fig)
-        return f"<pre>{html.escape(self.table())}</pre><img src='data:image/png;base64,{png}' style='max-width:100%'>"
+        return f"<pre>{html.escape(self.table())}</pre><img src='{png_data_uri(png)}' style='max-width:100%'>"
 
 
 def compare(*runs: str | Path | Run, runs_dir: str | Path = "runs") -> Comparison:

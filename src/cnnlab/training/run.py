@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import html
 import json
 import sys
 import warnings
@@ -24,8 +25,10 @@ from cnnlab.models import ModelSpec, get_model
 from cnnlab.models.outputs import top_classes
 from cnnlab.training.checkpoint import find_checkpoint, load_checkpoint
 from cnnlab.training.inference import model_logits
+from cnnlab.training.metrics import results_accuracy_text
 from cnnlab.training.schema import check_run_checkpoint
 from cnnlab.training.tta import predictor_probabilities
+from cnnlab.viz.style import png_data_uri
 
 
 @dataclass
@@ -146,6 +149,19 @@ class Run(Predictor):
     def __repr__(self) -> str:
         acc = self.results.get("test_acc") if self.results else None
         return f"Run({str(self.path)!r}, status={self.status!r}" + (f", test_acc={acc:.4f})" if acc else ")")
+
+    def _repr_html_(self) -> str:
+        """In Jupyter: what the run is, how it ended, its test accuracy and its curves."""
+        results = self.results or {}
+        facts = [f"status {self.status}"]
+        if "test_acc" in results:
+            facts.append(f"test accuracy {results_accuracy_text(results)}")
+        if results.get("epochs_run") is not None:
+            facts.append(f"{results['epochs_run']} epochs in {results.get('train_seconds', 0):.1f} s")
+        curves = self.path / "curves.png"
+        picture = (f"<br><img src='{png_data_uri(curves.read_bytes())}' style='max-width:100%' alt='curves'>"
+                   if curves.is_file() else "")
+        return f"<b>Run {html.escape(str(self.path))}</b>: {html.escape('; '.join(facts))}{picture}"
 
     # ---- files
     @cached_property
