@@ -12,7 +12,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.text import format_table
 from cnnlab.training.metrics import accuracy_text
 from cnnlab.training.run import Run, find_run
-from cnnlab.training.runinfo import RunInfo, read_run_info
+from cnnlab.training.runinfo import RunInfo, read_run_info, seconds_cell
 
 # Settings that say where files go or how much is printed, not how a run trains.
 NOT_COMPARED = frozenset({"out", "runs_dir", "quiet", "json", "overwrite", "resume", "data_dir", "download",
@@ -109,7 +109,7 @@ def _metric(r: RunInfo, name: str) -> str:
     if name == "epochs":
         return str(r.epochs)
     if name == "time":
-        return "-" if r.wall_s is None else f"{r.wall_s:.1f} s"
+        return seconds_cell(r.wall_s)
     if name == "test accuracy":
         interval = r.test_interval
         if r.test_acc is None:
