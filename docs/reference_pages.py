@@ -30,8 +30,10 @@ def _checkout_first() -> None:
 
 
 def cell(value: Any) -> str:
-    """Text for a Markdown table cell."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """Text for a Markdown table cell: no line breaks, pipes escaped, and a `<` outside code spans shown as itself
+    (not read as the start of an HTML tag)."""
+    parts = str(value).replace("|", "\\|").replace("\n", " ").split("`")
+    return "`".join(part if i % 2 else part.replace("<", "&lt;") for i, part in enumerate(parts))
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -130,11 +132,12 @@ def config_reference() -> str:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             valid = (", ".join(map(str, meta["choices"])) if meta["choices"] else
                      " or ".join(filter(None, [str(meta["valid"]) if meta["valid"] else "", *meta["words"]])))
-            flag = f"`--{name.replace('_', '-')}`" + ("" if _base_type(name) is bool else "")
-            rows.append([f"`{name}`", flag, f"`{json.dumps(default)}`", valid or "-",
+            flag = f"`--{name.replace('_', '-')}`" + (f" / `--no-{name.replace('_', '-')}`"
+                                                        if _base_type(name) is bool else "")
+            rows.append([f"`{name}`, {flag}", f"`{json.dumps(default)}`", valid or "-",
                          "yes" if meta["resume"] else "", meta["help"]])
         parts += [f"## {title[0].upper()}{title[1:]}", "",
-                  table(["field", "flag", "default", "valid values", "resume may change", "what it does"], rows), ""]
+                  table(["field, flag", "default", "valid values", "resume may change", "what it does"], rows), ""]
     return "\n".join(parts)
 
 
@@ -161,7 +164,7 @@ def rest_schema() -> dict[str, Any]:
 
 def _type_text(schema: dict[str, Any]) -> str:
     if "enum" in schema:
-        return " \\| ".join(f"`{v}`" for v in schema["enum"])
+        return " or ".join(f"`{v}`" for v in schema["enum"])
     for key in ("anyOf", "oneOf"):
         if key in schema:
             return " or ".join(_type_text(s) for s in schema[key] if s.get("type") != "null")
@@ -192,7 +195,7 @@ def rest_reference() -> str:
                 parts += [table(["parameter", "in", "type", "default", "what it is"], rows), ""]
             body = op.get("requestBody")
             if body:
-                parts += ["Request body" + (f": {body['description']}" if body.get("description") else ""), ""]
+                parts += ["Request body" + (f": {cell(body['description'])}" if body.get("description") else ""), ""]
                 rows = []
                 for media, content in body.get("content", {}).items():
                     fields = content.get("schema", {}).get("properties")
@@ -303,6 +306,15 @@ def raised_errors() -> list[Raised]:
     return out
 
 
+def shown_message(message: str) -> str:
+    """A message as Markdown shows it literally: no code spans, links or emphasis made of its characters (a `<` is
+    `cell`'s to show)."""
+    text = message.replace("`", "'").replace("\\", "\\\\")
+    for char in "*_[]":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
 def area_of(module: str) -> str:
     return next(area for area, prefixes in AREAS if any(module == p or module.startswith(p + ".") for p in prefixes))
 
@@ -321,7 +333,7 @@ def error_catalogue() -> str:
     for area, _ in AREAS:
         if area not in by_area:
             continue
-        rows = [[r.message.replace("`", "'"), f"`{r.module.removeprefix('cnnlab.')}.{r.function}`"
+        rows = [[shown_message(r.message), f"`{r.module.removeprefix('cnnlab.')}.{r.function}`"
                  + (f" (HTTP {statuses[r.error]})" if r.error in statuses else "")] for r in by_area[area]]
         parts += [f"### {area}", "", table(["message (what went wrong, then what to do)", "raised in"], rows), ""]
     return "\n".join(parts)
