@@ -1,6 +1,7 @@
-"""MkDocs hooks for the cnnlab site: the pages made from the code and the repository's own files (command-line
-reference from the parsers, recipes, the README as the guide, the benchmarks and security notes, the lessons'
-index), the lessons executed once and handed to mkdocs-jupyter with their outputs, and their solution cells folded.
+"""MkDocs hooks for the cnnlab site: the pages made from the repository's own files (the benchmarks, security notes
+and changelog, the lessons' index), the reference parts made from the code (docs/reference_pages.py: wherever a page
+says `<!-- generated: NAME -->`), the lessons executed once and handed to mkdocs-jupyter with their outputs, and their
+solution cells folded.
 
 Executed lessons come from `lessons/execute.py`: an up-to-date copy in $CNNLAB_EXECUTED_LESSONS (the tests set
 it) or build/lessons is reused; otherwise the lesson runs now.
@@ -8,15 +9,12 @@ it) or build/lessons is reused; otherwise the lesson runs now.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import importlib.util
 import json
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Iterator
 
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
@@ -25,18 +23,28 @@ ROOT = Path(__file__).resolve().parent.parent
 # Relative links of the repository's Markdown files -> where those pages are on the site.
 LINKS = {"docs/ARCHITECTURE.md": "ARCHITECTURE.md", "benchmarks/README.md": "benchmarks.md",
          "SECURITY.md": "security.md", "lessons/": "lessons/index.md", "lessons/README.md": "lessons/index.md",
-         "docs/callbacks.md": "callbacks.md"}
-HELP_COLUMNS = "100"  # argparse wraps help text to the terminal; the reference is generated at one fixed width
+         "docs/callbacks.md": "callbacks.md", "docs/multi-node.md": "multi-node.md", "CHANGELOG.md": "changelog.md"}
+MARKER = re.compile(r"<!-- generated: ([a-z-]+) -->")
+
+
+def load_module(name: str, path: Path):
+    """A script beside the package (not part of it) as a module."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_pages():
+    """docs/reference_pages.py: the reference parts generated from the code."""
+    return load_module("cnnlab_reference_pages", ROOT / "docs" / "reference_pages.py")
 
 
 def load_execute():
     """lessons/execute.py as a module (it is a script beside the notebooks, not part of the package)."""
-    if "cnnlab_lessons_execute" in sys.modules:
-        return sys.modules["cnnlab_lessons_execute"]
-    spec = importlib.util.spec_from_file_location("cnnlab_lessons_execute", ROOT / "lessons" / "execute.py")
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module
+    return load_module("cnnlab_lessons_execute", ROOT / "lessons" / "execute.py")
 
 
 @event_priority(100)  # before mkdocs-jupyter turns the notebooks into pages
@@ -53,6 +61,23 @@ def on_files(files: Files, config) -> Files:
         files.append(File(f"lessons/{lesson.name}", src_dir=str(out.parent), dest_dir=config.site_dir,
                           use_directory_urls=config.use_directory_urls))
     return files
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """Each `<!-- generated: NAME -->` replaced by that part, made from the code now (an unknown NAME stops the
+    build: a page cannot point at a part that is not made)."""
+    return fill_markers(markdown, page.file.src_uri)
+
+
+def fill_markers(markdown: str, where: str = "a page") -> str:
+    generated = reference_pages().GENERATED
+
+    def made(found: re.Match) -> str:
+        if found.group(1) not in generated:
+            raise SystemExit(f"{where}: no generated part called {found.group(1)!r} (known: {', '.join(generated)})")
+        return generated[found.group(1)]()
+
+    return MARKER.sub(made, markdown)
 
 
 def on_page_content(html: str, page, config, files) -> str:
@@ -77,13 +102,14 @@ def on_post_page(output: str, page, config) -> str:
 
 
 def generated_pages() -> dict[str, str]:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    """Pages made whole from the repository's own files."""
+    def page(path: str) -> str:
+        return rewrite_links((ROOT / path).read_text(encoding="utf-8"))
+
     return {
-        "cli.md": cli_reference(),
-        "recipes.md": recipes_page(),
-        "guide.md": rewrite_links(readme.replace("# cnnlab\n", "# Guide\n", 1)),
-        "benchmarks.md": rewrite_links((ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")),
-        "security.md": rewrite_links((ROOT / "SECURITY.md").read_text(encoding="utf-8")),
+        "benchmarks.md": page("benchmarks/README.md"),
+        "security.md": page("SECURITY.md"),
+        "changelog.md": page("CHANGELOG.md"),
         "lessons/index.md": lessons_index(),
     }
 
@@ -92,63 +118,6 @@ def rewrite_links(markdown: str) -> str:
     for source, target in LINKS.items():
         markdown = markdown.replace(f"]({source})", f"]({target})")
     return markdown
-
-
-@contextlib.contextmanager
-def help_width() -> Iterator[None]:
-    old = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = HELP_COLUMNS
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("COLUMNS", None)
-        else:
-            os.environ["COLUMNS"] = old
-
-
-def subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
-    for action in parser._actions:  # argparse keeps its subcommands here; there is no public accessor
-        if isinstance(action, argparse._SubParsersAction):
-            return list(action.choices.items())
-    return []
-
-
-def cli_reference() -> str:
-    """Every command's `--help`, generated from the parsers the `cnnlab` command itself builds."""
-    sys.path.insert(0, str(ROOT / "src"))  # the checkout's cnnlab, even where another one is installed
-    from cnnlab.cli.main import build_parser
-
-    with help_width():
-        parser = build_parser()
-        parts = ["# Command line", "",
-                 "Every command of `cnnlab` with its `--help`, generated from the parsers when the site is built.", "",
-                 "```text", parser.format_help().rstrip(), "```", ""]
-        for name, sub in subcommands(parser):
-            parts += [f"## cnnlab {name}", "", "```text", sub.format_help().rstrip(), "```", ""]
-            for action_name, action in subcommands(sub):
-                parts += [f"### cnnlab {name} {action_name}", "", "```text", action.format_help().rstrip(), "```",
-                          ""]
-    return "\n".join(parts)
-
-
-def recipes_page() -> str:
-    """What each recipe is (from the registry) and what it reaches (the README's measured table)."""
-    sys.path.insert(0, str(ROOT / "src"))
-    from cnnlab.training.launch import settings_to_argv
-    from cnnlab.training.recipes import list_recipes
-
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = readme.index("### Recipes and what they reach")
-    end = min(i for i in (readme.find("\n## ", start + 1), readme.find("\n### ", start + 1)) if i > 0)
-    measured = readme[start:end].replace("### Recipes and what they reach", "## What they reach", 1)
-    rows = ["| recipe | what it is | as flags |", "| --- | --- | --- |"]
-    for r in list_recipes():
-        flags = " ".join(settings_to_argv(r.settings)).replace("|", "\\|")
-        rows.append(f"| `{r.name}` | {r.description} | `{flags}` |")
-    return "\n".join(["# Recipes", "", "Named training presets: `cnnlab train --recipe NAME`, options you add override "
-                      "it; `cnnlab recipes NAME` prints one as flags you can paste.", "", *rows, "",
-                      rewrite_links(measured)])
 
 
 def lessons_index() -> str:

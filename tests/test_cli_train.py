@@ -74,7 +74,7 @@ def test_recipes_command(capsys) -> None:
     out = capsys.readouterr().out
     for name in ("seed-mlp", "seed-lenet", "seed-cnn", "digits"):
         assert name in out
-    assert not re.search(r"\d+\.\d+%", out)  # what recipes reach is measured, in the README's table, not in code
+    assert not re.search(r"\d+\.\d+%", out)  # what recipes reach is measured, in docs/recipes.md, not in code
     for name in ("seed-cnn", "fast-fashion"):  # flags with JSON and booleans among them
         assert main(["recipes", name]) == 0
         text = capsys.readouterr().out

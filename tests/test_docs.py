@@ -3,6 +3,7 @@ photos and browser by themselves, or say in one line what to put where."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,15 @@ from test_browser import find_chromium
 README = (ROOT / "README.md").read_text()
 
 
+def readme_section(heading: str) -> str:
+    """A section of the README, from its heading to the next heading of the same level."""
+    start = README.index(f"\n{heading}\n")
+    end = README.find("\n## ", start + len(heading) + 2)
+    return README[start:end if end > 0 else len(README)]
+
+
 def readme_test_command() -> str:
-    quickstart = README[README.index("## Quickstart"):README.index("## The command line")]
+    quickstart = readme_section("## Quickstart")
     lines = [line.split("#")[0].strip() for line in quickstart.splitlines() if "'.[test]'" in line]
     assert len(lines) == 1, lines
     return lines[0]
@@ -30,10 +38,20 @@ def test_ci_runs_the_readmes_test_command_and_sets_nothing() -> None:
 
 
 def test_the_readme_says_how_to_get_cpu_only_torch_and_what_the_tests_need() -> None:
-    assert "--index-url https://download.pytorch.org/whl/cpu" in README
-    section = README[README.index("### Running the tests"):README.index("## The command line")]
-    for needed in ("MNIST", "../shared/data", "skimage.data", "Chromium", "minutes"):
+    assert "--index-url https://download.pytorch.org/whl/cpu" in readme_section("## Install")
+    section = readme_section("## Running the tests")
+    for needed in ("MNIST", "../shared/data", "skimage.data", "Chromium", "minutes", "scripts/test --fast"):
         assert needed in section, needed
+    assert re.search(r"The whole suite: [\d,]+ tests in \d+ min \d+ s in `\.ci/run`", section)  # how long it takes
+
+
+def test_the_readme_is_read_in_five_minutes_and_its_links_lead_somewhere() -> None:
+    assert len(README.splitlines()) <= 150
+    assert README.index("## Install") < README.index("## Quickstart") < README.index("## Examples")
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README)
+    assert len(links) > 20  # into the site: getting started, every how-to, the reference
+    assert not [link for link in links if not (ROOT / link).exists()]
+    assert re.search(r"!\[[^\]]+\]\(docs/images/[\w.-]+\.png\)", README)  # one picture
 
 
 def _fake_dataset_one(root: Path, name: str) -> None:

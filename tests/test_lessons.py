@@ -41,6 +41,7 @@ import pytest
 
 from cnnlab.cli import lessons as cli_lessons
 from cnnlab.cli.main import main
+from test_site import check_site_in_browser
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("cnnlab_lessons_execute", ROOT / "lessons" / "execute.py")
@@ -621,6 +622,12 @@ def test_docs_site_builds_strict_from_the_executed_lessons(executed, tmp_path: P
     assert (site / "ARCHITECTURE" / "index.html").is_file()
     pages = list(site.rglob("*.html"))
     assert not [p for p in pages if 'src="http' in p.read_text()], "the site must work offline"
+    for page in ("getting-started", "howto/own-images", "reference/config", "reference/rest-api",
+                 "reference/file-formats", "troubleshooting", "changelog"):
+        html = (site / page / "index.html").read_text()
+        assert "<!-- generated:" not in html, page  # every generated part filled in
+    assert "--augment-on-overfit" in (site / "reference" / "config" / "index.html").read_text()
+    check_site_in_browser(site)  # tests/test_site.py: offline, no script error, a desktop's and a phone's size
 
 
 # ---- the API the lessons needed (findings fixed for them)

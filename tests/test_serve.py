@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -464,7 +465,6 @@ def test_non_finite_kernels_get_422(client: TestClient, raw: str) -> None:
     ({"padding": -1}, "padding must be an integer from 0 to 4"),
     ({"padding": 5}, "padding"),
     ({"mode": "cmyk"}, "mode"),
-    ({"pixel": [500, 0]}, "outside the 169x254 output"),
     ({"pixel": [1]}, "pixel"),
     ({"size": 3}, "size"),
     ({"image": "sample:dog.jpg"}, "unknown sample photo"),
@@ -475,6 +475,37 @@ def test_invalid_convolve_parameters_get_422(client: TestClient, fields: dict, w
     assert reply.status_code == 422, reply.text
     assert words in reply.json()["detail"]
     assert client.post("/api/convolve", json={"kernel": "sobel_x"}).status_code == 200
+
+
+def test_a_pixel_outside_the_output_is_not_found(client: TestClient) -> None:
+    reply = client.post("/api/convolve", json={"kernel": "sobel_x", "pixel": [500, 0]})
+    assert reply.status_code == 404 and "outside the 169x254 output" in reply.json()["detail"]
+    assert client.post("/api/convolve", json={"kernel": "sobel_x", "pixel": [168, 253]}).status_code == 200
+
+
+def test_form_fields_are_held_to_the_schemas_patterns(client: TestClient, digits) -> None:
+    from cnnlab.apps.serve.playground import FORM_PATTERNS, KERNEL_NAME_PATTERN, KERNEL_TEXT_PATTERN
+
+    assert re.search(KERNEL_NAME_PATTERN, "gaussian:n=3,sigma=0.5") and not re.search(KERNEL_NAME_PATTERN, "edge")
+    assert re.search(KERNEL_TEXT_PATTERN, "[[0, 1e-7, 0], [1, -4, 1], [0, 1, 0]]")
+    assert not re.search(KERNEL_TEXT_PATTERN, "[[0,1,0],[1,-4,1],[0,1,1001]]")
+    assert re.search(FORM_PATTERNS["pixel"], "[5,6]") and re.search(FORM_PATTERNS["pixel"], "5,6")
+    files = {"image": ("d.png", digits[0][0], "image/png")}
+    ok = client.post("/api/convolve", files=files, data={"kernel": "[[0,1,0],[1,-4,1],[0,1,0]]", "stride": "2",
+                                                          "pixel": "[3,4]", "include_input": "false"})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["pixel"]["i"] == 3 and "image" not in ok.json()["input"]  # the page's form, as it sends it
+    for data in ({"kernel": "sobel_x", "stride": "٣"}, {"kernel": "sobel_x", "include_input": "no"},
+                 {"kernel": "gaussian:sigma=1, n=5"}, {"kernel": "[[0,0,0],[0,1e3,0],[0,0,0]]"}):
+        reply = client.post("/api/convolve", files=files, data=data)
+        assert reply.status_code == 422, (data, reply.text)
+
+
+def test_every_named_kernel_of_the_playground_is_in_the_schema(client: TestClient) -> None:
+    from cnnlab.apps.serve.playground import KERNEL_NAME_PATTERN
+
+    names = [k["name"] for k in client.get("/api/kernels").json()]
+    assert names and all(re.search(KERNEL_NAME_PATTERN, n) for n in names)
 
 
 @pytest.mark.slow
@@ -683,13 +714,12 @@ def test_clicks_after_the_overview_reuse_its_forward_pass(digits_run: Path, digi
 
 @pytest.mark.parametrize("query, status, words", [
     ("/api/neuron?layer=conv9&channel=0", 422, "Did you mean: conv"),
-    ("/api/neuron?layer=conv1&channel=6", 422, "outside conv1's 6x28x28 output"),
-    ("/api/neuron?layer=conv2&channel=0&row=10&col=0", 422, "0 <= row < 10"),
-    ("/api/neuron?layer=fc2&channel=10", 422, "10 outputs"),
-    ("/api/neuron?layer=fc2&channel=1&row=3", 422, "row 0, col 0"),
+    ("/api/neuron?layer=conv1&channel=6", 404, "outside conv1's 6x28x28 output"),  # the layer is there, not this
+    ("/api/neuron?layer=conv2&channel=0&row=10&col=0", 404, "0 <= row < 10"),
+    ("/api/neuron?layer=fc2&channel=10", 404, "10 outputs"),
+    ("/api/neuron?layer=fc2&channel=1&row=3", 404, "row 0, col 0"),
     ("/api/neuron?channel=0", 422, "layer"),
     ("/api/neuron?layer=conv1&channel=-1", 422, "channel"),
-    ("/api/layers?channels=65", 422, "layer=NAME"),
     ("/api/layers?channels=0", 422, "channels"),
     ("/api/layers?layer=fc1", 422, "layers with maps: conv1"),
 ])
@@ -698,6 +728,26 @@ def test_a_layer_or_position_that_does_not_exist_gets_a_clear_4xx(client: TestCl
     reply = post_image(client, query, digits[0][0])
     assert reply.status_code == status, reply.text
     assert words in reply.json()["detail"]
+
+
+def test_more_maps_than_the_whole_network_shows_are_capped_and_said(client: TestClient, digits) -> None:
+    reply = post_image(client, "/api/layers?channels=65", digits[0][0]).json()
+    assert max(len(layer["maps"]) for layer in reply["layers"]) == 16  # conv2's all; no layer has more than 64
+    assert any("at most 64 maps per layer" in note and "layer=NAME" in note for note in reply["notes"])
+
+
+def test_the_schema_offers_this_models_layers_and_classes(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+
+    def enum(path: str, name: str) -> list:
+        params = schema["paths"][path]["post"]["parameters"]
+        return next(p for p in params if p["name"] == name)["schema"].get("enum")
+
+    assert enum("/api/layers", "layer") == ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2"]
+    assert enum("/api/neuron", "layer") == ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "fc1", "fc2"]
+    assert enum("/api/explain", "target") == [str(i) for i in range(10)]
+    assert enum("/api/predict", "tta") == ["none"]  # a mirrored digit is another symbol: flip is refused
+    assert "404" in schema["paths"]["/api/neuron"]["post"]["responses"]
 
 
 def test_the_overview_and_worked_values_for_fastnet_and_efficientnet_lite0(fastnet_run: Path, lite0_run: Path,

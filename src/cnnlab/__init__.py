@@ -18,6 +18,8 @@ _EXPORTS = {
     "TrainConfig": "cnnlab.training.config",
     "Callback": "cnnlab.training.callbacks",
     "load_run": "cnnlab.training.run",
+    "runs": "cnnlab.training.runinfo",
+    "compare": "cnnlab.training.compare",
     "get_model": "cnnlab.models",
     "list_models": "cnnlab.models",
     "register_model": "cnnlab.models",

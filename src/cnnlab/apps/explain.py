@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import html
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from cnnlab.models import get_model, get_model_info, list_models
 from cnnlab.models.outputs import top_classes
 from cnnlab.training.run import Run, known_domain, load_run
 from cnnlab.viz.images import to_uint8, upscale
-from cnnlab.viz.style import FIGURES_DIR
+from cnnlab.viz.style import FIGURES_DIR, png_data_uri
 
 DEFAULT_MEAN, DEFAULT_STD = 0.5, 0.25  # for an untrained model without normalization of its own: [0, 1] -> [-2, 2]
 MAX_COLUMNS = 10  # feature-map layers per PNG: wider figures stop being readable
@@ -71,6 +72,19 @@ class Explanation(dict):
     def add(self, name: str, path: Path, description: str) -> None:
         self[name] = path
         self.descriptions[name] = description
+
+    def _repr_html_(self) -> str:
+        """In Jupyter: the predictions, then each picture with what it shows."""
+        top = ", ".join(f"{name} {p:.1%}" for name, p in self.top)
+        parts = [f"<p><b>{html.escape(top)}</b>" + (f"; Grad-CAM explains {html.escape(self.target)}"
+                                                      if self.target else "") + "</p>"]
+        parts += [f"<p>{html.escape(note)}</p>" for note in self.notes]
+        for name, path in self.items():
+            if Path(path).suffix == ".png" and Path(path).is_file():
+                parts.append(f"<figure><img src='{png_data_uri(Path(path).read_bytes())}' style='max-width:100%' "
+                             f"alt='{html.escape(name)}'><figcaption>{html.escape(self.descriptions.get(name, name))}"
+                             "</figcaption></figure>")
+        return "\n".join(parts)
 
 
 # ---------------------------------------------------------------- what to explain

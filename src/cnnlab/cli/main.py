@@ -26,6 +26,8 @@ COMMAND_MODULES = [
     "lr_find",
     "eval",
     "predict",
+    "runs",
+    "compare",
     # look inside and ship
     "summary",
     "explain",
@@ -80,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convolutional neural networks for image classification: "
         "learn the math, train, inspect and ship.",
         epilog="Run `cnnlab COMMAND --help` for a command's options and examples.\n\nexamples:\n"
-        "  cnnlab train                      # LeNet on the bundled digits, in seconds\n"
+        "  cnnlab train                      # a small CNN chosen from the data, on the bundled digits\n"
         "  cnnlab eval last                  # the newest run: metrics, confusion matrix, mistakes\n"
-        "  cnnlab predict last my_digit.png\n  cnnlab summary lenet --input-size 1x32x32",
+        "  cnnlab predict last my_digit.png\n  cnnlab runs --sort acc            # every run, best first\n"
+        "  cnnlab summary lenet --input-size 1x32x32",
     )
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")

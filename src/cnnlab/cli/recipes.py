@@ -6,15 +6,15 @@ import argparse
 import json
 import textwrap
 
-RESULTS = ("what each reaches, measured (accuracy and time): the README's table \"Recipes and what they reach\" "
-           "(benchmarks/README.md for the speed recipes)")
+RESULTS = ("what each reaches, measured (accuracy and time): the documentation's Recipes page, \"What they reach\" "
+           "(docs/recipes.md; benchmarks/README.md for the speed recipes)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recipes", help="list named training presets",
                        description="List the presets for `cnnlab train --recipe NAME` and what each is; with a name, "
-                       "its settings as `cnnlab train` flags. What each reaches, measured, is in the README's recipe "
-                       "table (and benchmarks/README.md for the speed recipes).",
+                       "its settings as `cnnlab train` flags. What each reaches, measured, is on the documentation's "
+                       "Recipes page (docs/recipes.md; benchmarks/README.md for the speed recipes).",
                        epilog="examples:\n  cnnlab recipes\n  cnnlab recipes fast-mnist\n"
                        "  cnnlab train --recipe fast-mnist --seed 3",)
     p.add_argument("name", nargs="?", help="show one recipe's settings in full")

@@ -26,6 +26,17 @@ from cnnlab.inspect.overview import LayerCall, Overview
 
 TOP_CONTRIBUTIONS = 10  # the linear layer's largest products listed one by one; the rest as one sum
 ELEMENTWISE = ("act", "norm")
+
+
+class PositionOutside(CnnlabError):
+    """The asked (channel, row, col) does not exist in the layer's output."""
+
+
+def workable_layers(seen: Overview) -> list[str]:
+    """The layers whose values `work_value` writes out: those with maps of a conv, pool or elementwise kind, and
+    the linear ones, in the order they ran."""
+    return [k for k, c in seen.layers.items()
+            if c.kind == "dense" or (c.is_map and c.kind in ("conv", "pool", *ELEMENTWISE))]
 REL_TOL = 1e-4
 
 
@@ -80,14 +91,14 @@ def layer_call(seen: Overview, layer: str) -> LayerCall:
 def _check_position(call: LayerCall, channel: int, row: int, col: int) -> None:
     c, h, w = call.output.shape[1:]
     if not (0 <= channel < c and 0 <= row < h and 0 <= col < w):
-        raise CnnlabError(f"({channel}, {row}, {col}) is outside {call.key}'s {c}x{h}x{w} output: use 0 <= channel "
+        raise PositionOutside(f"({channel}, {row}, {col}) is outside {call.key}'s {c}x{h}x{w} output: use 0 <= channel "
                           f"< {c}, 0 <= row < {h}, 0 <= col < {w}")
 
 
 def _check_index(call: LayerCall, channel: int, row: int, col: int) -> None:
     n = call.output.shape[-1]
     if row or col or not 0 <= channel < n:
-        raise CnnlabError(f"{call.key} is a linear layer with {n} outputs: use 0 <= channel < {n}, row 0, col 0")
+        raise PositionOutside(f"{call.key} is a linear layer with {n} outputs: use 0 <= channel < {n}, row 0, col 0")
 
 
 # ---------------------------------------------------------------- conv

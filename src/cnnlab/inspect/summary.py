@@ -11,6 +11,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.inspect.layers import first_tensor
+from cnnlab.models import get_model, parse_input_size
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _POOL = (nn.MaxPool2d, nn.AvgPool2d)
@@ -235,12 +236,21 @@ class _LayerRecorder:
 
 
 def summary(
-    model: nn.Module,
-    input_size: Sequence[int] | None = None,
+    model: nn.Module | str,
+    input_size: Sequence[int] | str | None = None,
     batch_size: int = 1,
     device: str | torch.device | None = None,
 ) -> Summary:
-    """Run one forward pass on zeros of shape (batch, *input_size) and tabulate every leaf layer."""
+    """Run one forward pass on zeros of shape (batch, *input_size) and tabulate every leaf layer.
+
+    `model` is a module or a registered name (built for `input_size`, as `cnnlab summary NAME --input-size` does:
+    its flatten sizes computed from it); `input_size` is (C, H, W) or text such as '3x32x32' (default: the
+    model's own)."""
+    if isinstance(input_size, str):
+        input_size = parse_input_size(input_size)
+    if isinstance(model, str):
+        model = get_model(model, input_size=input_size)
+        input_size = model.spec.input_size
     if input_size is None:
         spec = getattr(model, "spec", None)
         if spec is None:

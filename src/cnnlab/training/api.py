@@ -57,8 +57,8 @@ def resume(run: str | Path, callbacks: Iterable[Any] = (), **overrides: Any) -> 
     plan = plan_from_checkpoint(ckpt, overrides)  # the checkpoint's settings and plan: nothing is chosen again
     run_dir = path.parent.parent
     if finished(ckpt, plan, run_dir):
-        raise CnnlabError(f"{run_dir} already finished its training and wrote its results; resume with --epochs N to "
-                          f"train longer")
+        raise CnnlabError(f"{run_dir} already finished its training and wrote its results; to train longer, give "
+                          f"more epochs: cnnlab.resume(run, epochs=N), or cnnlab train --resume RUN --epochs N")
     out = Printer(plan.cfg)
     with build(plan, run_dir=run_dir, out=out) as job:
         state = restore(job, ckpt)

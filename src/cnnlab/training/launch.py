@@ -4,7 +4,7 @@ It runs `torchrun --standalone --nproc-per-node N -m cnnlab train <the same opti
 a rendezvous on this machine's loopback interface with a free port, no restarts. torchrun's agent runs in a
 child process (`python -m cnnlab.training.launch TORCHRUN-ARGS`) that reports a failed job in one line naming the
 ranks, instead of torchrun's tracebacks. The exit code is the job's: 0; 130 after Ctrl-C; the failed ranks' exit
-code when they agree (2 for a cnnlab error), else 1. Several machines: run torchrun on each (see the README).
+code when they agree (2 for a cnnlab error), else 1. Several machines: run torchrun on each (docs/howto/several-processes.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Named presets of training settings: what each recipe *is*. What they reach, measured, is in the README's recipe
-table and benchmarks/README.md."""
+"""Named presets of training settings: what each recipe *is*. What they reach, measured, is on the documentation's
+Recipes page (docs/recipes.md, "What they reach") and in benchmarks/README.md."""
 
 from __future__ import annotations
 

@@ -9,12 +9,14 @@ import contextlib
 import copy
 import dataclasses
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write_json, atomic_write_text
 from cnnlab.training.checkpoint import resume_position, rng_state, save_checkpoint, set_rng_state
+from cnnlab.training.run import json_object
 from cnnlab.training.rundir import environment
 from cnnlab.training.setup import Job, describe
 from cnnlab.training.state import EpochMeter, TrainState, progress
@@ -92,6 +94,9 @@ class RunFiles:
     def __init__(self, job: Job) -> None:
         self.job, self.folder = job, job.run_dir
         self.kept_best: dict[str, Any] | None = None  # feature extraction: best.pt, written when the run ends
+        # When training began (a resumed run keeps its first start): `cnnlab runs` lists runs by it.
+        before = json_object(self.folder / "config.json")[0] if (self.folder / "config.json").exists() else None
+        self.started = (before or {}).get("started") or datetime.now().astimezone().isoformat(timespec="seconds")
 
     @contextlib.contextmanager
     def writing(self, path: Path) -> Iterator[None]:
@@ -110,7 +115,8 @@ class RunFiles:
         path, plan = self.folder / "config.json", self.job.plan
         with self.writing(path):
             atomic_write_json({"config": plan.cfg.to_dict(), "resolved": describe(self.job),
-                               "environment": environment(), **({"auto": plan.auto} if plan.auto else {})}, path)
+                               "environment": environment(), **({"auto": plan.auto} if plan.auto else {}),
+                               "started": self.started}, path)
 
     def metrics(self, rows: list[dict[str, Any]]) -> None:
         """metrics.jsonl holding exactly these rows (a resume: the checkpoint's history is the truth)."""

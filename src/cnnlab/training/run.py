@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import html
 import json
 import sys
 import threading
@@ -29,8 +30,10 @@ from cnnlab.models.outputs import LogitsOnly, top_classes
 from cnnlab.training.backends import Forward
 from cnnlab.training.checkpoint import find_checkpoint, load_checkpoint
 from cnnlab.training.inference import model_logits
+from cnnlab.training.metrics import results_accuracy_text
 from cnnlab.training.schema import check_run_checkpoint
 from cnnlab.training.tta import predictor_probabilities
+from cnnlab.viz.style import png_data_uri
 
 FILES_BATCH = 32  # files classified together by `classify_files`
 
@@ -187,6 +190,19 @@ class Run(Predictor):
         acc = self.results.get("test_acc") if self.results else None
         return f"Run({str(self.path)!r}, status={self.status!r}" + (f", test_acc={acc:.4f})" if acc else ")")
 
+    def _repr_html_(self) -> str:
+        """In Jupyter: what the run is, how it ended, its test accuracy and its curves."""
+        results = self.results or {}
+        facts = [f"status {self.status}"]
+        if "test_acc" in results:
+            facts.append(f"test accuracy {results_accuracy_text(results)}")
+        if results.get("epochs_run") is not None:
+            facts.append(f"{results['epochs_run']} epochs in {results.get('train_seconds', 0):.1f} s")
+        curves = self.path / "curves.png"
+        picture = (f"<br><img src='{png_data_uri(curves.read_bytes())}' style='max-width:100%' alt='curves'>"
+                   if curves.is_file() else "")
+        return f"<b>Run {html.escape(str(self.path))}</b>: {html.escape('; '.join(facts))}{picture}"
+
     # ---- files
     @cached_property
     def config(self) -> dict[str, Any]:
@@ -200,17 +216,9 @@ class Run(Predictor):
 
     @property
     def history(self) -> list[dict]:
-        """One dict per epoch from metrics.jsonl."""
-        path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return list(self.checkpoint.get("history", []))
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line torn by a crash mid-append; the checkpoint has the history
-                continue
-        return rows
+        """One dict per epoch from metrics.jsonl (the checkpoint's copy when there is no such file)."""
+        rows = metrics_rows(self.path)
+        return list(self.checkpoint.get("history", [])) if rows is None else rows
 
     @property
     def results(self) -> dict | None:
@@ -313,15 +321,42 @@ def load_run(path: str | Path, checkpoint: str = "best", runs_dir: str | Path = 
 
 def read_json_object(path: Path) -> dict | None:
     """A JSON object from a run's file, or None (with a warning) when the file is damaged or not an object."""
+    value, problem = json_object(path)
+    if problem:
+        print(f"warning: {problem}; ignoring it", file=sys.stderr)
+    return value
+
+
+def json_object(path: Path) -> tuple[dict | None, str | None]:
+    """A JSON object from a run's file, or (None, what is wrong with it): silent, for readers that say it their
+    way (a row of `cnnlab runs`)."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        print(f"warning: {path} is unreadable ({type(exc).__name__}); ignoring it", file=sys.stderr)
-        return None
+        return None, f"{path} is unreadable ({type(exc).__name__})"
     if not isinstance(value, dict):
-        print(f"warning: {path} holds no JSON object; ignoring it", file=sys.stderr)
+        return None, f"{path} holds no JSON object"
+    return value, None
+
+
+def metrics_rows(run_dir: Path) -> list[dict] | None:
+    """One dict per epoch from RUN/metrics.jsonl, or None when there is no such file. Lines torn by a crash
+    mid-append, or that are not JSON objects, are left out (the checkpoint has the history)."""
+    try:
+        text = (run_dir / "metrics.jsonl").read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
         return None
-    return value
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def list_runs(runs_dir: str | Path = "runs") -> list[Path]:

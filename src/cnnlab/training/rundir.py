@@ -70,6 +70,25 @@ class RunLock:
             self._owner.unlink(missing_ok=True)
             self._lock.release()
 
+    @staticmethod
+    def holder(folder: Path) -> str | None:
+        """Who writes the folder now (pid, host, since when, command), or None. Taken from no one: a writer leaves
+        its note beside the lock, and only where there is one is the lock tried, and let go at once (a killed
+        writer's note stays, but its lock is free)."""
+        from filelock import Timeout
+
+        lock = RunLock(folder)
+        if not lock._owner.exists():
+            return None
+        try:
+            lock._lock.acquire()
+        except Timeout:
+            return lock.owner()
+        except OSError:  # a folder we may not write: no one we can see is writing it either
+            return None
+        lock._lock.release()
+        return None
+
 
 def holds_run(folder: Path) -> bool:
     """Whether a folder already holds (part of) a run: its config, metrics, results or checkpoint files."""

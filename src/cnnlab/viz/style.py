@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import sys
@@ -118,6 +119,11 @@ def figure_png(fig: FigureBase, dpi: int = DPI) -> bytes:
     buf = io.BytesIO()
     root_figure(fig).savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
+
+
+def png_data_uri(png: bytes) -> str:
+    """PNG bytes as a data: URI, for an <img src> in a page or a notebook."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def save_figure(fig: FigureBase, path: str | os.PathLike, dpi: int = DPI) -> Path:

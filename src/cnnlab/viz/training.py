@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -12,7 +13,7 @@ from matplotlib.ticker import MaxNLocator, MultipleLocator, PercentFormatter
 
 from cnnlab.errors import CnnlabError
 from cnnlab.viz.images import to_numpy
-from cnnlab.viz.style import CMAP_COUNTS, COLORS, canvas, plot_style, root_figure, single_axes
+from cnnlab.viz.style import CMAP_COUNTS, COLORS, canvas, new_figure, plot_style, root_figure, single_axes
 
 
 def _series(history: Sequence[dict[str, Any]], key: str) -> np.ndarray:
@@ -93,6 +94,48 @@ def plot_curves(
         if title:
             box.suptitle(title)
     return root_figure(box)
+
+
+def plot_runs(
+    histories: dict[str, Sequence[dict[str, Any]]],
+    title: str | None = None,
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """Several runs' curves overlaid, one colour per run: loss and accuracy per epoch, validation solid and
+    training dashed (a run without validation: training solid)."""
+    if not any(histories.values()):
+        raise CnnlabError("plot_runs got no epochs to draw: the runs have not finished an epoch yet")
+    colours = matplotlib.colormaps["tab10"].colors
+    with plot_style():
+        fig = new_figure(figsize or (9.0, 3.6))
+        axes = fig.subplots(1, 2)
+        for a, metric, label in zip(axes, ("loss", "acc"), ("loss", "accuracy")):
+            top = 0.0
+            for i, (name, history) in enumerate(histories.items()):
+                colour = colours[i % len(colours)]
+                epochs = [h.get("epoch", k + 1) for k, h in enumerate(history)]
+                train, val = _series(history, f"train_{metric}"), _series(history, f"val_{metric}")
+                has_val = not np.all(np.isnan(val))
+                marker = "o" if len(history) <= 30 else None
+                if has_val:
+                    a.plot(epochs, val, marker=marker, ms=3, color=colour, label=f"{name}, validation")
+                if not np.all(np.isnan(train)):
+                    a.plot(epochs, train, ls="--" if has_val else "-", marker=None if has_val else marker, ms=3,
+                           color=colour, alpha=0.8 if has_val else 1.0, label=f"{name}, train")
+                top = max(top, np.nanmax(np.append(np.concatenate([train, val]), 0)))
+            if metric == "acc" and top <= 1.0:
+                a.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+            a.set_xlabel("epoch")
+            a.set_ylabel(label)
+            a.set_title(label)
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+            a.grid(True)
+        handles, labels = axes[0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside lower center", ncols=min(2, len(labels)))
+        if title:
+            fig.suptitle(title)
+    return fig
 
 
 def _epoch_axis(a: Axes, steps: np.ndarray, epochs: Sequence[int]) -> None:

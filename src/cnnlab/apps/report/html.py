@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import html
 from typing import Any, Sequence
+
+from cnnlab.viz.style import png_data_uri
 
 # Inline only: the report must open offline, from an e-mail attachment or a USB stick, exactly as written.
 CSS = """
@@ -50,16 +51,11 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def data_uri(png: bytes) -> str:
-    """PNG bytes as a data: URI."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
 def img(png: bytes, alt: str, width: int | None = None, css_class: str | None = None) -> str:
     """An embedded PNG."""
     attrs = f' width="{int(width)}"' if width else ""
     attrs += f' class="{esc(css_class)}"' if css_class else ""
-    return f'<img src="{data_uri(png)}" alt="{esc(alt)}"{attrs}>'
+    return f'<img src="{png_data_uri(png)}" alt="{esc(alt)}"{attrs}>'
 
 
 def figure(png: bytes, alt: str, caption: str | None = None, width: int | None = None) -> str:

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cnnlab.apps.serve import playground
 from cnnlab.apps.serve.errors import ServeError
+from cnnlab.apps.serve.openapi import CONVOLVE_BODY, IMAGE_BODY, choices
 from cnnlab.apps.serve.overview import MAX_LAYER_CHANNELS, OverviewCache, Seen, layers_reply, neuron_reply
 from cnnlab.apps.serve.state import ServedModel, input_notes, top_classes
 from cnnlab.apps.serve.uploads import MAX_PIXELS, MAX_UPLOAD_BYTES, BodySizeLimit, decode_image, read_upload
@@ -32,52 +33,8 @@ from cnnlab.errors import CnnlabError
 
 STATIC = Path(__file__).resolve().parent / "static"
 
-IMAGE_BODY = {
-    "description": "The image: a multipart file field `image`, JSON {\"image\": \"<base64 or data URL>\"}, or the "
-                   "raw file with an image/* Content-Type.",
-    "required": True,
-    "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
-                                           "properties": {"image": {"type": "string", "format": "binary"}}}},
-        "application/json": {"schema": {"type": "object", "required": ["image"],
-                                        "properties": {"image": {"type": "string", "format": "byte"}}}},
-        "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-    },
-}
-
 INVERT_HELP = ("invert the image first when its background is the opposite of the training images' (a digit drawn "
                "dark on white, for a model trained on white on black); the reply says whether it was")
-
-KERNEL_SCHEMA = {"oneOf": [
-    {"type": "array", "items": {"type": "array", "items": {"type": "number"}}, "minItems": 3, "maxItems": 5,
-     "description": "a 3x3 or 5x5 grid of weights, row by row", "example": [[0, -1, 0], [-1, 5, -1], [0, -1, 0]]},
-    {"type": "string", "description": "a named kernel, e.g. sobel_x or gaussian:n=5,sigma=1", "example": "sobel_x"},
-]}
-CONVOLVE_FIELDS = {
-    "kernel": KERNEL_SCHEMA,
-    "stride": {"type": "integer", "minimum": 1, "maximum": 4, "default": 1},
-    "padding": {"type": "integer", "minimum": 0, "maximum": 4, "default": 0},
-    "mode": {"type": "string", "enum": list(playground.MODES), "default": "gray",
-             "description": "gray: luma, one map; rgb: each channel on its own; summed: channels added (a conv layer)"},
-    "size": {"type": "integer", "minimum": 16, "maximum": 640, "default": playground.DEFAULT_SIZE,
-             "description": "the photo is shrunk so its longer side is at most this"},
-    "pixel": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
-              "description": "[row, column] of an output pixel whose multiply-and-sum to show"},
-    "include_input": {"type": "boolean", "default": True},
-}
-CONVOLVE_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {"schema": {"type": "object", "required": ["kernel"], "properties": {
-            "image": {"type": "string", "default": "sample",
-                      "description": "'sample' (china.jpg), 'sample:flower.jpg', or an image as base64"},
-            **CONVOLVE_FIELDS}}},
-        "multipart/form-data": {"schema": {"type": "object", "required": ["kernel"], "properties": {
-            "image": {"type": "string", "format": "binary"},
-            **{k: {"type": "string", "description": f"{k}, as text (the kernel as JSON)"} for k in CONVOLVE_FIELDS}}}},
-    },
-}
 
 
 class ErrorBody(BaseModel):
@@ -88,7 +45,9 @@ class ErrorBody(BaseModel):
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The error replies a route can give, for its OpenAPI entry (a client generated from it expects them)."""
-    about = {400: "not a readable image, or a malformed body", 413: "too many bytes, or an image with too many pixels",
+    about = {400: "not a readable image, or a malformed body", 404: "the position asked for is not in that output "
+             "(a neuron's channel, row or column in its layer; a pixel of the convolution's output)",
+             413: "too many bytes, or an image with too many pixels",
              415: "the body is not an image (nor JSON carrying one)", 422: "a parameter out of range or unknown",
              501: "not possible with this model (feature maps of an exported model, a layer type whose values "
                   "are not worked out by hand)"}
@@ -179,6 +138,9 @@ def _decode_for_model(request: Request, data: bytes) -> Image.Image:
 
 
 def _add_routes(app: FastAPI) -> None:
+    served: ServedModel = app.state.model
+    classes = [*served.classes, *(str(i) for i in range(len(served.classes)) if str(i) not in served.classes)]
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
@@ -204,7 +166,9 @@ def _add_routes(app: FastAPI) -> None:
                       input_image: bool = Query(False, description="also return the image as the model sees it"),
                       tta: Literal["none", "flip"] = Query("none", description="test-time augmentation: none, or "
                                                            "flip (the mean of the image's outputs and its mirror's; "
-                                                           "422 for a model of digits or letters)"),
+                                                           "not offered for a model of digits or letters)",
+                                                           json_schema_extra=choices(["none", "flip"] if served.flip_ok
+                                                                                     else ["none"])),
                       invert: bool = Query(True, description=INVERT_HELP)) -> dict[str, Any]:
         upload = await read_upload(request)
         return await run_in_threadpool(_predict, request, upload.data, topk, input_image, tta, invert)
@@ -212,24 +176,27 @@ def _add_routes(app: FastAPI) -> None:
     @app.post("/api/explain", summary="Feature maps of a layer and the Grad-CAM overlay, as PNGs",
               openapi_extra={"requestBody": IMAGE_BODY}, responses={**IMAGE_ERRORS, **_errors(501)})
     async def explain(request: Request,
-                      layer: str | None = Query(None, description="layer whose maps to return (default: the first)"),
+                      layer: str | None = Query(None, description="layer whose maps to return (default: the first)",
+                                                json_schema_extra=choices(served.feature_layers)),
                       channels: int = Query(16, ge=1, le=64, description="maps (channels) of that layer to return"),
                       target: str | None = Query(None, description="class to explain, index or name "
-                                                                   "(default: the predicted one)"),
+                                                                   "(default: the predicted one)",
+                                                 json_schema_extra=choices(classes)),
                       topk: int = Query(5, ge=1, le=1000),
                       invert: bool = Query(True, description=INVERT_HELP)) -> dict[str, Any]:
         upload = await read_upload(request)
         return await run_in_threadpool(_explain, request, upload.data, layer, channels, target, topk, invert)
 
     @app.post("/api/convolve", summary="Slide a kernel over a photo: the output, its size worked out, one pixel",
-              openapi_extra={"requestBody": CONVOLVE_BODY}, responses=IMAGE_ERRORS)
+              openapi_extra={"requestBody": CONVOLVE_BODY}, responses={**IMAGE_ERRORS, **_errors(404)})
     async def convolve(request: Request) -> dict[str, Any]:
         upload = await read_upload(request, image_required=False)
-        return await run_in_threadpool(_convolve, request, upload.data, upload.fields)
+        return await run_in_threadpool(_convolve, request, upload.data, upload.fields, upload.form)
 
 
 def _add_overview_routes(app: FastAPI) -> None:
     """The network at a glance: every layer's maps for one image, and one value worked out (a click)."""
+    served: ServedModel = app.state.model
 
     @app.post("/api/layers", summary="The whole network for one image: every conv, activation and pool layer's "
                                       "maps, one colour scale per layer, then the class scores",
@@ -237,9 +204,11 @@ def _add_overview_routes(app: FastAPI) -> None:
     async def layers(request: Request,
                      channels: int = Query(8, ge=1, le=MAX_LAYER_CHANNELS,
                                            description="maps per layer (the first channels); at most 64 for the "
-                                                       "whole network, up to every channel with `layer`"),
+                                                       "whole network (a note says so), up to every channel with "
+                                                       "`layer`"),
                      layer: str | None = Query(None, max_length=300, description="only this layer's column (e.g. "
-                                               "to show all its maps)"),
+                                               "to show all its maps)",
+                                               json_schema_extra=choices(served.overview_layers)),
                      invert: bool = Query(True, description=INVERT_HELP)) -> dict[str, Any]:
         upload = await read_upload(request)
         return await run_in_threadpool(_layers, request, upload.data, channels, layer, invert)
@@ -247,14 +216,18 @@ def _add_overview_routes(app: FastAPI) -> None:
     @app.post("/api/neuron", summary="One value worked out from the layer's weights and its input: a conv's patch, "
                                       "kernel, products and sum; a pool's window; an activation; the last linear "
                                       "layer's contributions and the softmax",
-              openapi_extra={"requestBody": IMAGE_BODY}, responses={**IMAGE_ERRORS, **_errors(501)})
+              openapi_extra={"requestBody": IMAGE_BODY}, responses={**IMAGE_ERRORS, **_errors(404, 501)})
     async def neuron(request: Request,
-                     layer: str = Query(..., max_length=300, description="a layer of /api/layers, or the last "
-                                                                          "linear layer (its `head.layer`)"),
+                     layer: str = Query(..., max_length=300, description="a layer of /api/layers, or a linear "
+                                                                          "layer such as the last (its `head.layer`)",
+                                        json_schema_extra=choices(served.neuron_layers)),
                      channel: int = Query(..., ge=0, le=2**20, description="output channel (a linear layer: "
-                                                                           "output, e.g. the class)"),
-                     row: int = Query(0, ge=0, le=2**20, description="row of the map (0 for a linear layer)"),
-                     col: int = Query(0, ge=0, le=2**20, description="column of the map (0 for a linear layer)"),
+                                                                           "output, e.g. the class); 404 beyond "
+                                                                           "the layer's"),
+                     row: int = Query(0, ge=0, le=2**20, description="row of the map (0 for a linear layer; 404 "
+                                                                     "beyond the map)"),
+                     col: int = Query(0, ge=0, le=2**20, description="column of the map (0 for a linear layer; "
+                                                                     "404 beyond the map)"),
                      invert: bool = Query(True, description=INVERT_HELP)) -> dict[str, Any]:
         upload = await read_upload(request)
         return await run_in_threadpool(_neuron, request, upload.data, layer, channel, row, col, invert)
@@ -320,8 +293,8 @@ def _neuron(request: Request, data: bytes, layer: str, channel: int, row: int, c
     return neuron_reply(_seen(request, data, invert), served.classes, layer, channel, row, col)
 
 
-def _convolve(request: Request, data: bytes | None, fields: dict[str, Any]) -> dict[str, Any]:
-    req = playground.parse_request(fields)
+def _convolve(request: Request, data: bytes | None, fields: dict[str, Any], form: bool) -> dict[str, Any]:
+    req = playground.parse_request(fields, form)
     if data is not None:
         img = decode_image(data, request.app.state.max_pixels, draft=(req.size, req.size))
         image = playground.photo_tensor(img, req.size)
@@ -330,10 +303,7 @@ def _convolve(request: Request, data: bytes | None, fields: dict[str, Any]) -> d
         name = fields.get("image") or "sample"
         image = playground.sample_photo(name, req.size)
         source = name
-    include = fields.get("include_input", True)
-    if not isinstance(include, bool):
-        include = str(include).lower() not in ("0", "false", "no", "off")
-    out = playground.convolve(image, req, include_input=include)
+    out = playground.convolve(image, req)
     out["input"]["source"] = source
     return out
 

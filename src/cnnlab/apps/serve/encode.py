@@ -3,7 +3,6 @@ maps on one colour scale per layer."""
 
 from __future__ import annotations
 
-import base64
 import io
 import math
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 from cnnlab.viz.images import to_uint8
+from cnnlab.viz.style import png_data_uri
 
 
 def png_data_url(arr: np.ndarray) -> str:
@@ -20,7 +20,7 @@ def png_data_url(arr: np.ndarray) -> str:
     buf = io.BytesIO()
     # compress_level 1: these PNGs are made per request, so encoding speed matters more than a few bytes.
     Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return png_data_uri(buf.getvalue())
 
 
 def map_to_uint8(fmap: torch.Tensor) -> tuple[np.ndarray, float, float]:
@@ -88,4 +88,4 @@ def sprite_png(maps: torch.Tensor, scale: ColourScale) -> tuple[str, int]:
     img.putpalette(scale.palette())
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), columns
+    return png_data_uri(buf.getvalue()), columns

@@ -29,6 +29,12 @@ class InvalidInput(ServeError):
     status = 422
 
 
+class NotFound(ServeError):
+    """A position that does not exist in the output asked about (a neuron's channel, row or column; a pixel)."""
+
+    status = 404
+
+
 class NotAvailable(ServeError):
     """The served model cannot do this (e.g. feature maps of an exported ONNX model)."""
 

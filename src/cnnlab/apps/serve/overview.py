@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from cnnlab.apps.serve.encode import ColourScale, sprite_png
-from cnnlab.apps.serve.errors import InvalidInput, NotAvailable
+from cnnlab.apps.serve.errors import InvalidInput, NotAvailable, NotFound
 from cnnlab.data.domain import InputCheck
 from cnnlab.inspect.elementwise import CannotWorkOut
 from cnnlab.inspect.overview import LayerCall, Overview
@@ -137,14 +137,16 @@ def layers_reply(seen: Seen, classes: tuple[str, ...], shown_png: str, channel_n
         if layer not in ov.shown:
             raise InvalidInput(f"no layer {layer!r} with maps; layers with maps: {_listing(ov.shown)}")
         return {"layers": [layer_entry(ov.layers[layer], ov.groups[layer], min(channels, MAX_LAYER_CHANNELS))]}
-    if channels > MAX_CHANNELS:
-        raise InvalidInput(f"channels must be at most {MAX_CHANNELS} for the whole network; ask for one layer's "
-                           f"maps with layer=NAME to get more (up to {MAX_LAYER_CHANNELS})")
+    notes = list(ov.notes)
+    if channels > MAX_CHANNELS:  # as topk beyond the classes: what there is, and said
+        notes.append(f"at most {MAX_CHANNELS} maps per layer for the whole network: ask for one layer's maps with "
+                     f"layer=NAME to get more (up to {MAX_LAYER_CHANNELS})")
+        channels = MAX_CHANNELS
     return {
         "input": input_entry(seen.x, shown_png, channel_names),
         "layers": [layer_entry(ov.layers[k], ov.groups[k], channels) for k in ov.shown],
         "head": head_entry(ov, classes),
-        "notes": list(ov.notes),
+        "notes": notes,
     }
 
 
@@ -158,12 +160,14 @@ def _listing(names: list[str]) -> str:
 def neuron_reply(seen: Seen, classes: tuple[str, ...], layer: str, channel: int, row: int, col: int
                  ) -> dict[str, Any]:
     """One value worked out (inspect.neuron), with class names where indices are classes."""
-    from cnnlab.inspect.neuron import work_value
+    from cnnlab.inspect.neuron import PositionOutside, work_value
 
     try:
         out = work_value(seen.overview, layer, channel, row, col)
     except CannotWorkOut as exc:
         raise NotAvailable(str(exc)) from None
+    except PositionOutside as exc:  # the layer exists, this neuron of it does not
+        raise NotFound(str(exc)) from None
     if out["kind"] == "dense" and out["layer"] == seen.overview.head:
         out["class"] = classes[channel] if channel < len(classes) else None
         for term in out.get("softmax", {}).get("terms", []):

@@ -11,7 +11,9 @@ Images are floats in [0, 1]. Modes:
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,7 @@ import torch
 from PIL import Image
 
 from cnnlab.apps.serve.encode import png_data_url
-from cnnlab.apps.serve.errors import InvalidInput
+from cnnlab.apps.serve.errors import InvalidInput, NotFound
 from cnnlab.errors import CnnlabError
 from cnnlab.viz.images import to_uint8
 
@@ -29,7 +31,36 @@ PADDINGS = range(0, 5)
 MODES = ("gray", "rgb", "summed")
 SIZES = range(16, 641)  # the photo is shrunk so its longer side is at most this many pixels
 DEFAULT_SIZE = 256
+DEFAULT_KERNEL = "identity"  # no kernel given: the photo as it is
+ABSENT = object()  # a field not sent (null is sent, and refused: the schema allows no null)
 MAX_WEIGHT = 1000.0  # kernel weights beyond this only saturate the picture; refusing them keeps the maths finite
+
+# What the REST API takes as text, written once: the OpenAPI schema states these patterns and the server holds
+# requests to them (a form field is text; a JSON body has its own types).
+_SIGMA = r"(?:[1-9][0-9]{0,2}(?:\.[0-9]{1,3})?|0\.[0-9]{0,2}[1-9])"  # 0.001 to 999.999, never 0
+KERNEL_NAME_PATTERN = ("^(?:identity|sharpen|sobel_x|sobel_y|prewitt_x|prewitt_y|emboss|outline"
+                       "|box_blur(?::n=[35])?"
+                       f"|gaussian(?::n=[35](?:,sigma={_SIGMA})?|:sigma={_SIGMA})?"
+                       "|laplacian(?::neighbours=[48])?)$")
+_WS = r"[ \t\n\r]*"  # what JSON allows between tokens
+# JSON numbers within MAX_WEIGHT (an exponent only below 1: what JSON.stringify writes for tiny weights).
+_WEIGHT = _WS + r"-?(?:1000(?:\.0+)?|(?:0|[1-9][0-9]{0,2})(?:\.[0-9]+)?(?:[eE]-[0-9]{1,3})?)" + _WS
+
+
+def _grid_text(n: int) -> str:
+    """An n x n grid of weights written as JSON text."""
+    row = _WS + r"\[" + ",".join([_WEIGHT] * n) + r"\]" + _WS
+    return _WS + r"\[" + ",".join([row] * n) + r"\]" + _WS
+
+
+KERNEL_TEXT_PATTERN = f"^(?:{KERNEL_NAME_PATTERN[1:-1]}|{_grid_text(3)}|{_grid_text(5)})$"  # a form field
+FORM_PATTERNS = {  # the other form fields, as text
+    "stride": f"^[{STRIDES.start}-{STRIDES.stop - 1}]$",
+    "padding": f"^[{PADDINGS.start}-{PADDINGS.stop - 1}]$",
+    "size": "^(?:1[6-9]|[2-9][0-9]|[1-5][0-9]{2}|6[0-3][0-9]|640)$",  # SIZES: 16 to 640
+    "pixel": "^(?:{0},{0}|\\[{0},{0}\\])$".format("(?:0|[1-9][0-9]{0,5})"),  # "row,col" or "[row,col]"
+}
+FORM_BOOLEANS = ("true", "false")
 
 
 @dataclass(frozen=True)
@@ -43,6 +74,7 @@ class ConvolveRequest:
     mode: str
     size: int
     pixel: tuple[int, int] | None
+    include_input: bool = True
 
 
 # ---------------------------------------------------------------- validation (422 with a clear message)
@@ -91,63 +123,102 @@ def _named_kernel(spec: str) -> tuple[torch.Tensor, str]:
     if k.dim() != 2 or k.shape[0] != k.shape[1] or k.shape[0] not in KERNEL_SIZES:
         raise InvalidInput(f"kernel {label} is {'x'.join(map(str, k.shape))}; the playground takes 3x3 or 5x5 "
                            "kernels")
+    if not re.search(KERNEL_NAME_PATTERN, spec):  # readable, but not as the API writes it (spaces, order)
+        raise InvalidInput(f"kernel {spec[:80]!r}: write it as a name with its parameters in order and no spaces, "
+                           "e.g. sobel_x, box_blur:n=5, gaussian:n=5,sigma=1.5 or laplacian:neighbours=8")
     return k.float(), label
 
 
 def _as_int(v: Any) -> int:
-    """An int, or a string holding one (form fields are text); bools and floats are refused."""
-    if isinstance(v, int) and not isinstance(v, bool):
+    """An int from JSON (an integral float too, as JSON Schema counts 2.0 an integer) or from a form's text
+    already checked against its pattern; bools and other floats are refused."""
+    if isinstance(v, bool):
+        raise ValueError(v)
+    if isinstance(v, int):
         return v
-    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str):
         return int(v)
     raise ValueError(v)
 
 
-def _int_in(name: str, value: Any, allowed: range) -> int:
+def _int_in(name: str, value: Any, allowed: range, form: bool) -> int:
+    wrong = InvalidInput(f"{name} must be an integer from {allowed.start} to {allowed.stop - 1}, got {value!r}")
+    if form != isinstance(value, str) or (form and not re.search(FORM_PATTERNS[name], value)):
+        raise wrong  # a form field is text; JSON has numbers
     try:
         number = _as_int(value)
     except ValueError:
-        number = None
-    if number is None or number not in allowed:
-        raise InvalidInput(f"{name} must be an integer from {allowed.start} to {allowed.stop - 1}, got {value!r}")
+        raise wrong from None
+    if number not in allowed:
+        raise wrong
     return number
 
 
-def _pixel(value: Any) -> tuple[int, int] | None:
-    if value is None or value == "":
+def _pixel(value: Any, form: bool) -> tuple[int, int] | None:
+    wrong = InvalidInput(f"pixel must be [row, column] of an output pixel, two integers; got {value!r}")
+    if value is ABSENT:
         return None
-    parts = value.split(",") if isinstance(value, str) else value  # a form field: "i,j"
-    if isinstance(parts, (list, tuple)) and len(parts) == 2:
+    if form:
+        if not isinstance(value, str) or not re.search(FORM_PATTERNS["pixel"], value):
+            raise wrong
+        parts: Any = value.strip().strip("[]").split(",")
+    else:
+        parts = value
+    if isinstance(parts, list) and len(parts) == 2:
         try:
             return _as_int(parts[0]), _as_int(parts[1])
         except ValueError:
             pass
-    raise InvalidInput(f"pixel must be [row, column] of an output pixel, two integers; got {value!r}")
+    raise wrong
 
 
-def parse_request(fields: dict[str, Any]) -> ConvolveRequest:
-    """Validate the kernel, stride, padding, mode, size and pixel of a request (JSON values or form strings)."""
-    kernel = fields.get("kernel")
+def _form_kernel(text: Any) -> Any:
+    """A form's kernel field: a kernel name, or a grid written as JSON text (checked against the pattern)."""
+    if not isinstance(text, str):
+        raise InvalidInput("kernel must be text in a form: a kernel name, or the kernel as JSON")
+    if text.strip().startswith("["):
+        try:
+            grid = json.loads(text)
+        except (ValueError, RecursionError):
+            raise InvalidInput(f"kernel {text!r} is not valid JSON: write it like [[0,1,0],[1,-4,1],[0,1,0]]") \
+                from None
+        parse_kernel(grid)  # its own message for a ragged, wrong-sized or out-of-range grid
+        if not re.search(KERNEL_TEXT_PATTERN, text):
+            raise InvalidInput(f"kernel {text[:80]!r}: write each weight as a plain decimal number from "
+                               f"-{MAX_WEIGHT:g} to {MAX_WEIGHT:g}, e.g. [[0,1,0],[1,-4,1],[0,1,0]]")
+        return grid
+    return text
+
+
+def _include_input(value: Any, form: bool) -> bool:
+    if value is ABSENT:
+        return True
+    if form and value in FORM_BOOLEANS:
+        return value == "true"
+    if not form and isinstance(value, bool):
+        return value
+    raise InvalidInput(f"include_input must be {'true or false' if form else 'a boolean'}, got {value!r}")
+
+
+def parse_request(fields: dict[str, Any], form: bool = False) -> ConvolveRequest:
+    """Validate the kernel, stride, padding, mode, size, pixel and include_input of a request: JSON values, or a
+    form's text (`form`), each held to what the OpenAPI schema states."""
+    kernel = fields.get("kernel", DEFAULT_KERNEL)
     if kernel is None:
         raise InvalidInput("no kernel: give 'kernel' as a 3x3 or 5x5 list of lists of numbers, or a kernel name")
-    if isinstance(kernel, str) and kernel.strip().startswith("["):  # a form field holding JSON
-        import json
-
-        try:
-            kernel = json.loads(kernel)
-        except ValueError:
-            raise InvalidInput(f"kernel {kernel!r} is not valid JSON: write it like [[0,1,0],[1,-4,1],[0,1,0]]") \
-                from None
-    k, name = parse_kernel(kernel)
+    k, name = parse_kernel(_form_kernel(kernel) if form else kernel)
     mode = fields.get("mode", "gray")
     if mode not in MODES:
         raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     return ConvolveRequest(
         kernel=k, kernel_name=name,
-        stride=_int_in("stride", fields.get("stride", 1), STRIDES),
-        padding=_int_in("padding", fields.get("padding", 0), PADDINGS),
-        mode=mode, size=_int_in("size", fields.get("size", DEFAULT_SIZE), SIZES),
-        pixel=_pixel(fields.get("pixel")),
+        stride=_int_in("stride", fields.get("stride", "1" if form else 1), STRIDES, form),
+        padding=_int_in("padding", fields.get("padding", "0" if form else 0), PADDINGS, form),
+        mode=mode, size=_int_in("size", fields.get("size", str(DEFAULT_SIZE) if form else DEFAULT_SIZE), SIZES, form),
+        pixel=_pixel(fields.get("pixel", ABSENT), form),
+        include_input=_include_input(fields.get("include_input", ABSENT), form),
     )
 
 
@@ -166,7 +237,8 @@ def sample_photo(name: str, size: int) -> torch.Tensor:
 
 
 def photo_tensor(img: Image.Image, size: int) -> torch.Tensor:
-    """An uploaded image as (3, H, W) in [0, 1], shrunk so its longer side is at most `size`."""
+    """An uploaded image as (3, H, W) in [0, 1], shrunk so its longer side is at most `size` (and no side below the
+    largest kernel's)."""
     import numpy as np
 
     from cnnlab.data.images import to_8bit
@@ -174,14 +246,17 @@ def photo_tensor(img: Image.Image, size: int) -> torch.Tensor:
     img = to_8bit(img, 3)  # any mode: 16-bit, palette, transparency, CMYK
     scale = size / max(img.size)
     if scale < 1:  # the box filter averages whole blocks: no aliasing on big reductions
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX)
+        # No side shrunk below the largest kernel, so a long thin photo can still be convolved.
+        side = max(KERNEL_SIZES)
+        img = img.resize((max(min(side, img.width), round(img.width * scale)),
+                          max(min(side, img.height), round(img.height * scale))), Image.Resampling.BOX)
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
 # ---------------------------------------------------------------- the convolution
 
 
-def convolve(image: torch.Tensor, req: ConvolveRequest, include_input: bool = True) -> dict[str, Any]:
+def convolve(image: torch.Tensor, req: ConvolveRequest) -> dict[str, Any]:
     """Filter a (3, H, W) image as the request says; the output PNG, its size worked out, and the clicked pixel."""
     from cnnlab.conv.images import to_gray
     from cnnlab.conv.kernels import apply_kernel
@@ -211,7 +286,7 @@ def convolve(image: torch.Tensor, req: ConvolveRequest, include_input: bool = Tr
         },
         "size": size,
     }
-    if include_input:
+    if req.include_input:
         result["input"]["image"] = png_data_url(to_uint8(x))
     if req.pixel is not None:
         result["pixel"] = explain_pixel(x, out, req)
@@ -257,8 +332,8 @@ def explain_pixel(x: torch.Tensor, out: torch.Tensor, req: ConvolveRequest) -> d
     i, j = req.pixel  # type: ignore[misc]
     oh, ow = out.shape[1:]
     if not (0 <= i < oh and 0 <= j < ow):
-        raise InvalidInput(f"pixel ({i}, {j}) is outside the {oh}x{ow} output: use 0 <= row < {oh}, "
-                           f"0 <= column < {ow}")
+        raise NotFound(f"pixel ({i}, {j}) is outside the {oh}x{ow} output: use 0 <= row < {oh}, "
+                       f"0 <= column < {ow}")
     k = req.kernel
     n = k.shape[0]
     r0, c0 = i * req.stride, j * req.stride  # top-left of the window in the padded input

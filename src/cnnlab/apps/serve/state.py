@@ -120,6 +120,11 @@ class ServedModel:
         self._explainer: nn.Module | None = None
         self._cam_layer: str | None = None
         self.summary: dict[str, Any] | None = None
+        # What the REST API's schema offers (found once, at start-up): layers with feature maps (/api/explain),
+        # layers in the overview (/api/layers), layers whose values are worked out (/api/neuron).
+        self.feature_layers: list[str] = []
+        self.overview_layers: list[str] = []
+        self.neuron_layers: list[str] = []
         model = _torch_model(predictor)
         if model is not None:
             # Built outside inference mode, so Grad-CAM can take gradients through the copy's weights.
@@ -166,6 +171,30 @@ class ServedModel:
                     self._cam_layer = find_target_layer(model, self.input_size)
                 except CnnlabError:
                     self._cam_layer = None
+            try:
+                self._find_layers(model)
+            except CnnlabError:  # the endpoints say why when asked; the schema then offers any name
+                pass
+
+    def _find_layers(self, model: nn.Module) -> None:
+        """The layer names each endpoint takes, from one pass of a blank input (names do not depend on the image)."""
+        from cnnlab.inspect.explanation import explain_image
+        from cnnlab.inspect.neuron import workable_layers
+        from cnnlab.inspect.overview import record_overview
+
+        x = torch.zeros(1, *self.input_size)
+        probs = bool(getattr(self.predictor, "outputs_are_probs", False))
+        self.feature_layers = [f.name for f in _spatial_layers(explain_image(model, x, gradcam=False,
+                                                                             outputs_are_probs=probs).features)]
+        seen = record_overview(model, x, outputs_are_probs=probs)
+        self.overview_layers, self.neuron_layers = list(seen.shown), workable_layers(seen)
+
+    @property
+    def flip_ok(self) -> bool:
+        """Whether a mirrored image keeps its label for this model (test-time augmentation `flip`)."""
+        from cnnlab.training.tta import dataset_flip_ok
+
+        return dataset_flip_ok(getattr(self.predictor, "dataset", None))
 
     # ---- facts
     @property

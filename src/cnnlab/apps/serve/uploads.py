@@ -89,6 +89,7 @@ class Upload:
 
     data: bytes | None
     fields: dict[str, Any] = field(default_factory=dict)
+    form: bool = False  # the fields came from a form: text, not JSON values
 
 
 def media_type(request: Request) -> str:
@@ -131,7 +132,7 @@ async def _from_form(request: Request) -> Upload:
                 raise ServeError(f"unexpected file field {name!r}: send the image in a field named 'image'")
         if "image" in fields and data is None:
             data = decode_base64(fields.pop("image"), where="the 'image' form field")
-        return Upload(data, fields)
+        return Upload(data, fields, form=True)
     finally:
         await form.close()
 
@@ -155,9 +156,9 @@ def _from_json(body: bytes) -> Upload:
     if not isinstance(obj, dict):
         raise ServeError("the JSON body must be an object, e.g. {\"image\": \"<base64>\"}")
     fields = dict(obj)
-    value = fields.pop("image", None)
-    if value is None:
+    if "image" not in fields:
         return Upload(None, fields)
+    value = fields.pop("image")
     if not isinstance(value, str):
         raise UnsupportedMediaType("'image' must be a string: the image file as base64 (or a data URL)")
     if value == "sample" or value.startswith("sample:"):  # the playground's bundled photos go by name
