@@ -33,7 +33,8 @@ from cnnlab.inspect.features import Features, select_layers
 from cnnlab.inspect.layers import gradient_ready
 from cnnlab.models import get_model, get_model_info, list_models
 from cnnlab.models.outputs import top_classes
-from cnnlab.training.run import Run, known_domain, load_run
+from cnnlab.training.predictor import known_domain
+from cnnlab.training.run import Run, load_run
 from cnnlab.viz.images import to_uint8, upscale
 from cnnlab.viz.style import FIGURES_DIR, png_data_uri
 

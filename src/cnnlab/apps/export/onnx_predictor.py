@@ -12,7 +12,7 @@ from cnnlab.apps.export.metadata import KEY, ExportMetadata
 from cnnlab.data.pipeline import Pipeline
 from cnnlab.errors import CnnlabError
 from cnnlab.models.onnx import default_providers, quiet_jit, require_onnx, session_options
-from cnnlab.training.run import Predictor
+from cnnlab.training.predictor import Predictor
 
 TORCHSCRIPT_SUFFIX = ".torchscript"
 
