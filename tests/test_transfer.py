@@ -220,9 +220,9 @@ def test_feature_extraction_fits_a_head_in_seconds_and_reuses_its_cache(
     calls: list[str] = []
     real_embed = features.embed_split
 
-    def counting_embed(cfg, net, data, pipeline, device, label, out):
+    def counting_embed(cfg, forward, data, pipeline, device, label, out):
         calls.append(label)
-        return real_embed(cfg, net, data, pipeline, device, label, out)
+        return real_embed(cfg, forward, data, pipeline, device, label, out)
 
     monkeypatch.setattr(features, "embed_split", counting_embed)
     settings = dict(model="resnet18", dataset=f"folder:{five}", input_size="64x64", feature_extraction=True,

@@ -138,18 +138,18 @@ def get_folder_dataset(
     limit = IN_MEMORY_LIMIT if in_memory_limit is None else in_memory_limit
     if stream or n_total * ch * size[0] * size[1] > limit:
         sample = splits["train"][0][:: max(1, len(splits["train"][0]) // 500)][:500]
-        info = _with_stats(info, _decode(sample, ch, size, scan.stamps)[0])
+        info = _with_stats(info, _decode(sample, ch, size, scan.stamps, remember=False)[0])
         return FolderStream(files, targets, replace(info, in_memory=False), split, size)
     info = _with_stats(info, _decode(splits["train"][0], ch, size, scan.stamps)[0])
     images, good = _decode(files, ch, size, scan.stamps)
     return ImageData(images, torch.tensor(targets, dtype=torch.long)[good], info, split)
 
 
-def _decode(files: list[Path], channels: int, size: tuple[int, int],
-            stamps: dict[Path, Stamp]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the images that decode, as one uint8 tensor; the mask of those files): cached on disk (and for this process)
-    under a key of each file's path, size and modification time as the scan found them, and the decoded size and
-    channels. Files that fail to decode are said once, when they are decoded, and left out every time."""
+def _decode(files: list[Path], channels: int, size: tuple[int, int], stamps: dict[Path, Stamp],
+            remember: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the images that decode, as one uint8 tensor; the mask of those files): cached on disk (and, `remember`, for
+    this process) under a key of each file's path, size and modification time as the scan found them, and the
+    decoded size and channels. Files that fail to decode are said on every run, and left out every time."""
     h = hashlib.sha1(f"cnnlab-cache-{CACHE_FORMAT}|folder|{channels}|{tuple(size)}".encode())
     h.update("".join(f"{f}|{stamps[f]}\n" for f in files).encode())
     key = h.hexdigest()[:20]
@@ -167,7 +167,10 @@ def _decode(files: list[Path], channels: int, size: tuple[int, int],
         if len(files) and not good.any():
             raise CnnlabError(f"none of the {len(files)} images decodes (e.g. {files[0]}: {decoded['reasons'][0]}): "
                               f"put readable images (PNG, JPEG, BMP, TIFF, WebP, ...) in the class folders")
-        _DECODED[key] = (decoded["images"] if good.all() else decoded["images"][good], good)
+        result = (decoded["images"] if good.all() else decoded["images"][good], good)
+        if not remember:  # a sample, read once: not held for the rest of the process
+            return result
+        _DECODED[key] = result
     return _DECODED[key]
 
 

@@ -32,8 +32,9 @@ from cnnlab.models.weights import weights_digest
 PAYS_S = 20.0  # a job torch would take longer than this on is worth an export (a few seconds: benchmarks/README.md)
 ORT_SPEEDUP = 3.0  # ONNX Runtime over torch's best on a CPU, for what missing it costs (benchmarks/README.md)
 PROBE_IMAGES = 8  # images each candidate is timed on
-CHUNK = 16  # images a backend runs at once, whatever the batch: ONNX Runtime's memory arena keeps the most any run
-# needed (4.3 GB for 128 images of 224 px, 1.4 GB for 16, which run as fast: benchmarks/README.md)
+CHUNK = 8  # images a backend runs at once, whatever the batch: ONNX Runtime's memory arena keeps the most any run
+# needed (EfficientNet-Lite0 at 224 px: +780 MB for 32 images, +390 for 16, +190 for 8, about as fast:
+# benchmarks/README.md)
 RTOL = 1e-4  # ONNX Runtime's outputs must be within this share of the outputs' largest magnitude of torch's
 VERDICTS_FORMAT = 1
 TORCH, CHANNELS_LAST, ORT = "torch", "torch channels-last", "onnxruntime"

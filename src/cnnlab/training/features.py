@@ -30,6 +30,7 @@ from cnnlab.training.backends import Forward
 from cnnlab.training.config import TrainConfig
 from cnnlab.training.console import Printer
 
+EMBED_BATCH = 32  # images decoded and embedded together
 CACHE_FORMAT = 2  # bump when the cached layout or the meaning of an embedding changes
 
 
@@ -72,25 +73,31 @@ def feature_key(net: nn.Module, pipeline: Pipeline, amp: str, data: ImageDataset
     return h.hexdigest()[:24]
 
 
-def embed_split(cfg: TrainConfig, net: nn.Module, data: ImageDataset, pipeline: Pipeline, device: torch.device,
+def embed_split(cfg: TrainConfig, forward: Forward, data: ImageDataset, pipeline: Pipeline, device: torch.device,
                 label: str, out: Printer) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(embeddings (N, D) float32, labels, the backend that ran) of a split: one pass of the frozen backbone over
-    the unaugmented images, on the fastest backend that gives the same answer (training/backends.py)."""
-    # The training batch size: it fits the device when training, so an inference pass at it fits too.
-    loader = BatchLoader(data, cfg.batch_size, pipeline, device=device, num_workers=cfg.num_workers)
-    forward = Forward(headless(net), device, images=len(data), amp=cfg.amp, say=out.note)
-    xs, ys = [], []
+    """(embeddings (N, D) float32, labels, the backend that ran) of a split: one pass of the frozen backbone
+    (`forward`, on the fastest backend that gives the same answer: training/backends.py) over the unaugmented
+    images, written into one tensor as they come."""
+    # Batches of EMBED_BATCH images at most: the backend runs a few at a time anyway (backends.CHUNK), and the
+    # batches decoded ahead are memory held for nothing.
+    loader = BatchLoader(data, min(cfg.batch_size, EMBED_BATCH), pipeline, device=device, num_workers=cfg.num_workers)
+    xs: torch.Tensor | None = None
+    ys = torch.empty(len(data), dtype=torch.long)
+    n = 0
     for x, y in tqdm(loader, desc=f"embedding {label}", unit="batch", leave=False,
                      disable=True if not out.enabled else None, dynamic_ncols=True):
-        xs.append(forward(x).flatten(1))
-        ys.append(y)
-    if not xs:
+        e = forward(x).flatten(1)
+        if xs is None:
+            xs = torch.empty(len(data), e.shape[1])
+        xs[n: n + len(e)], ys[n: n + len(e)] = e, y.cpu()
+        n += len(e)  # a streamed file that no longer decodes was left out of its batch
+    if xs is None or not n:
         raise CnnlabError(f"the {label} split has no images to embed")
-    return torch.cat(xs).to(device), torch.cat(ys), forward.backend or "torch"
+    return xs[:n].to(device), ys[:n].to(device), forward.backend or "torch"
 
 
-def split_features(cfg: TrainConfig, net: nn.Module, data: ImageDataset, pipeline: Pipeline, device: torch.device,
-                   label: str, out: Printer) -> Features:
+def split_features(cfg: TrainConfig, net: nn.Module, forward: Forward, data: ImageDataset, pipeline: Pipeline,
+                   device: torch.device, label: str, out: Printer) -> Features:
     """A split's embeddings from the cache, or computed and cached (atomically) for the next run."""
     start = time.perf_counter()
     path = feature_cache_dir() / f"{cfg.model}-{label}-{feature_key(net, pipeline, cfg.amp, data)}.pt"
@@ -101,7 +108,7 @@ def split_features(cfg: TrainConfig, net: nn.Module, data: ImageDataset, pipelin
             return Features(saved["features"], saved["targets"], path, True, time.perf_counter() - start)
         except Exception:  # a damaged cache file is recomputed, never trusted
             path.unlink(missing_ok=True)
-    x, y, backend = embed_split(cfg, net, data, pipeline, device, label, out)
+    x, y, backend = embed_split(cfg, forward, data, pipeline, device, label, out)
     seconds = time.perf_counter() - start
     try:
         atomic_save({"format": CACHE_FORMAT, "features": x.cpu(), "targets": y.cpu()}, path)
@@ -156,8 +163,11 @@ def embed_splits(cfg: TrainConfig, net: nn.Module, splits: dict[str, BatchLoader
     seconds, features, cache files) for a backbone frozen in inference mode."""
     freeze_backbone(net, True)
     net.eval()  # embeddings come from the inference-mode network: BatchNorm statistics, no dropout
-    feats = {k: split_features(cfg, net, loader.data, pipeline, device, k, out)
-             for k, loader in splits.items() if loader is not None}
+    present = {k: loader.data for k, loader in splits.items() if loader is not None}
+    # One backend for every split, chosen for all their images (one export, one ONNX Runtime session).
+    forward = Forward(headless(net), device, images=sum(len(d) for d in present.values()), amp=cfg.amp,
+                      say=out.note)
+    feats = {k: split_features(cfg, net, forward, data, pipeline, device, k, out) for k, data in present.items()}
     train = feats["train"]
     # Standardized embeddings; a constant feature is left as it is, not divided by 0.
     head = StandardizedHead(train.x.mean(0), train.x.std(0, correction=0).clamp_min(1e-6),
