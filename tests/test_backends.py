@@ -94,6 +94,31 @@ def test_the_export_cache_is_keyed_by_weights_and_a_damaged_file_is_exported_aga
     assert path.stat().st_size > 1000
 
 
+def test_onnx_runtime_threads_sleep_when_idle_and_run_a_few_images_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Spinning threads take the cores from the threads that decode the next batch; the arena keeps the memory of
+    # the largest call: both measured in benchmarks/README.md (issue 29). torch takes the caller's batch whole.
+    made = []
+    session = backends._session
+
+    def recording(path, options):
+        made.append(options)
+        return session(path, options)
+
+    monkeypatch.setattr(backends, "_session", recording)
+    monkeypatch.setattr(backends, "CHUNK_PIXELS", 4 * 32 * 32 + 100)  # 4 images of 32x32 at a time
+    net, x = small_net(), batch(13)
+    run = onnx_run(net, x)
+    options = made[-1]
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == torch.get_num_threads()
+    for backend, expected in ((ORT, [4, 4, 4, 1]), (TORCH, [13])):
+        forward, sizes = Forward(net, images=10**6), []
+        forward.backend, forward._run = backend, lambda part, sizes=sizes: sizes.append(len(part)) or run(part)
+        with torch.no_grad():
+            assert torch.allclose(forward(x), net(x), atol=1e-4)
+        assert sizes == expected
+
+
 def test_answers_that_differ_from_torch_are_never_used(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backends, "PAYS_S", 0.0)
     real = backends.onnx_run

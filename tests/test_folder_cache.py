@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from cnnlab.data import folder, get_dataset, scan
+from cnnlab.data.images import image_to_tensor, open_image
 from cnnlab.errors import CnnlabError
 
 
@@ -164,6 +165,44 @@ def test_original_sizes_are_recorded_upright(tmp_path: Path, cache: Path) -> Non
     found = scan.scan_folder(root)
     assert set(found.sizes["train"]) == {(10, 12)} and len(found.sizes["train"]) == len(found.files["train"])
 
+
+
+def test_the_scan_reads_headers_alone_and_turns_sizes_as_exif_says(tmp_path: Path) -> None:
+    from cnnlab.data.images import read_header
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 12 wide and 10 high, shown turned a quarter: 10 wide, 12 high
+    for ext in ("png", "jpg"):
+        Image.new("RGB", (12, 10), (200, 10, 10)).save(tmp_path / f"turned.{ext}", exif=exif.tobytes())
+        Image.new("L", (12, 10), 9).save(tmp_path / f"plain.{ext}")
+        assert read_header(tmp_path / f"turned.{ext}") == (False, 12, 10)
+        assert read_header(tmp_path / f"plain.{ext}") == (True, 10, 12)
+        # The pixels are not decoded: a file cut after its header still reads (it fails when decoded, said then).
+        noise = np.random.default_rng(0).integers(0, 256, (80, 96), dtype=np.uint8)
+        Image.fromarray(noise).save(tmp_path / f"noise.{ext}")
+        whole = (tmp_path / f"noise.{ext}").read_bytes()
+        (tmp_path / f"cut.{ext}").write_bytes(whole[: len(whole) * 2 // 3])
+        assert read_header(tmp_path / f"cut.{ext}") == (True, 80, 96)
+
+
+@pytest.mark.parametrize("pays", [0.0, float("inf")], ids=["threads", "one thread"])
+def test_a_folder_decodes_alike_in_threads_or_in_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     pays: float) -> None:
+    # Threads pay for photos, one thread for small files (benchmarks/README.md): the same tensor and the same bad
+    # files either way, in chunks that do not divide the folder.
+    monkeypatch.setattr(folder, "DECODE_CHUNK", 3)
+    monkeypatch.setattr(folder, "THREADS_PAY_S", pays)
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(10):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (12, 10), dtype=np.uint8)).save(files[-1])
+    files[4].write_bytes(files[4].read_bytes()[:60])  # cut inside its pixels
+    got = folder._decode_all(files, 1, (6, 5))
+    assert got["bad"].tolist() == [4] and "truncated" in got["reasons"][0]
+    for i, f in enumerate(files):
+        if i != 4:
+            assert torch.equal(got["images"][i], image_to_tensor(open_image(f), 1, (6, 5)))
 
 # ---------------------------------------------------------------- bad input: one line, nothing lost
 

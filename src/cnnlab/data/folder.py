@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,8 @@ from cnnlab.errors import CnnlabError
 
 DEFAULT_IMAGE_SIZE = (64, 64)
 IN_MEMORY_LIMIT = 1 << 30  # decoded bytes above which a folder streams from disk instead
+DECODE_CHUNK = 256  # files one thread decodes in one go
+THREADS_PAY_S = 300e-6  # decoding a file takes longer than this: threads decode the folder (benchmarks/README.md)
 
 
 def folder_splits(scan: FolderScan, val_size: int | float | None, split_seed: int) -> dict[str, tuple[list, list]]:
@@ -88,15 +91,25 @@ def _decode_all(files: list[Path], channels: int, size: tuple[int, int]) -> dict
     the indices of those that failed to decode (their rows stay zero)."""
     out = torch.zeros(len(files), channels, *size, dtype=torch.uint8)
 
-    def one(i: int) -> tuple[int, str] | None:
-        try:
-            out[i] = image_to_tensor(open_image(files[i], draft=size), channels, size)
-        except BadImageError as exc:
-            return i, str(exc).split(": ", 1)[-1]
-        return None
+    def some(start: int) -> list[tuple[int, str]]:
+        failed = []
+        for i in range(start, min(start + DECODE_CHUNK, len(files))):
+            try:
+                out[i] = image_to_tensor(open_image(files[i], draft=size), channels, size)
+            except BadImageError as exc:
+                failed.append((i, str(exc).split(": ", 1)[-1]))
+        return failed
 
-    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:  # Pillow decodes without the GIL
-        bad = [r for r in pool.map(one, range(len(files))) if r is not None]
+    # Pillow decodes without the GIL, so threads decode photos in parallel; but a small file is mostly Python, and
+    # threads fighting over the GIL decode it slower than one thread does. The first chunk, timed, decides.
+    start = time.perf_counter()
+    bad = some(0)
+    rest = range(DECODE_CHUNK, len(files), DECODE_CHUNK)
+    if (time.perf_counter() - start) / max(1, min(DECODE_CHUNK, len(files))) < THREADS_PAY_S or not rest:
+        bad += [r for s in rest for r in some(s)]
+    else:
+        with ThreadPoolExecutor(max_workers=decode_threads()) as pool:  # files by the hundred: a future costs too
+            bad += [r for failed in pool.map(some, rest) for r in failed]
     return {"images": out, "bad": torch.tensor([i for i, _ in bad], dtype=torch.long),
             "reasons": [reason for _, reason in bad]}
 

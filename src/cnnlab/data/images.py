@@ -75,7 +75,10 @@ def read_header(path: str | os.PathLike) -> tuple[bool, int, int]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size
-                turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that turn it a quarter
+                # PNG's getexif() decodes every pixel to look for an eXIf chunk after them too: the header's only
+                # (where writers put it), else the scan costs a full decode (benchmarks/README.md, issue 29).
+                exif = img.getexif() if img.format != "PNG" or "exif" in img.info else {}
+                turned = exif.get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that turn it a quarter
                 return is_single_channel(img), (w if turned else h), (h if turned else w)
     except FileNotFoundError:
         raise BadImageError(f"{path}: no such file") from None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cnnlab.data.images import IMAGE_EXTENSIONS, BadImageError, read_header
+from cnnlab.data.loader import decode_threads
 from cnnlab.data.paths import decoded_cache_dir
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_path
@@ -83,6 +84,7 @@ def scan_folder(root: Path) -> FolderScan:
 
 
 MEMO_SIZE = 4
+HEADER_CHUNK = 256  # files whose headers one thread reads in one go
 _MEMO: dict[str, FolderScan] = {}
 
 
@@ -175,9 +177,13 @@ def _scan(root: Path, classes: tuple[str, ...], listing: dict[str, list[Entry]])
                 records[e.rel] = old
             else:
                 todo.append(e)
-    with ThreadPoolExecutor(max_workers=4) as pool:  # reading headers waits on the disk more than on a core
-        for e, result in zip(todo, pool.map(lambda e: check_header(e.path), todo)):
-            records[e.rel] = [*(e.stamp or (-1, -1)), *result]
+    # Threads overlap the reads from disk, one per core (more only fight over the GIL while parsing), given files
+    # by the hundred (a future per file costs more than its header): benchmarks/README.md, issue 29.
+    chunks = [todo[i: i + HEADER_CHUNK] for i in range(0, len(todo), HEADER_CHUNK)]
+    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
+        for chunk, results in zip(chunks, pool.map(lambda c: [check_header(e.path) for e in c], chunks)):
+            for e, result in zip(chunk, results):
+                records[e.rel] = [*(e.stamp or (-1, -1)), *result]
     keep = {rel: r for rel, r in records.items() if r[0] >= 0}  # broken links are never kept: checked each run
     if keep != known:
         save_records(root, keep)

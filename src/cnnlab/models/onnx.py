@@ -125,8 +125,9 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def session_options(threads: int | None = None):
-    """ORT session options: every graph optimization, quiet logs, and `threads` intra-op threads (None: ORT's)."""
+def session_options(threads: int | None = None, spin: bool = True):
+    """ORT session options: every graph optimization, quiet logs, and `threads` intra-op threads (None: ORT's);
+    `spin` False: idle threads sleep rather than spin, leaving the cores to threads that decode images."""
     ort = require_onnx()
 
     so = ort.SessionOptions()
@@ -135,4 +136,6 @@ def session_options(threads: int | None = None):
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so

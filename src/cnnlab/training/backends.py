@@ -32,9 +32,9 @@ from cnnlab.models.weights import weights_digest
 PAYS_S = 20.0  # a job torch would take longer than this on is worth an export (a few seconds: benchmarks/README.md)
 ORT_SPEEDUP = 3.0  # ONNX Runtime over torch's best on a CPU, for what missing it costs (benchmarks/README.md)
 PROBE_IMAGES = 8  # images each candidate is timed on
-CHUNK = 8  # images a backend runs at once, whatever the batch: ONNX Runtime's memory arena keeps the most any run
-# needed (EfficientNet-Lite0 at 224 px: +780 MB for 32 images, +390 for 16, +190 for 8, about as fast:
-# benchmarks/README.md)
+CHUNK_PIXELS = 4 * 224 * 224  # ONNX Runtime runs at most this many input pixels (per channel) at once, whatever
+# the batch: its memory arena keeps the most any call needed, and 4 images of 224 px run as fast as 32 in a tenth of
+# the memory (benchmarks/README.md, issue 29)
 RTOL = 1e-4  # ONNX Runtime's outputs must be within this share of the outputs' largest magnitude of torch's
 VERDICTS_FORMAT = 1
 TORCH, CHANNELS_LAST, ORT = "torch", "torch channels-last", "onnxruntime"
@@ -66,9 +66,11 @@ class Forward:
             with self._lock:
                 if self._run is None:
                     self._run = self._choose(x)
-        if len(x) <= CHUNK:
+        # torch takes the caller's batch (never more than training at that batch size needs)
+        step = max(1, CHUNK_PIXELS // (x.shape[-2] * x.shape[-1])) if self.backend == ORT else len(x)
+        if len(x) <= step:
             return self._run(x)
-        return torch.cat([self._run(part) for part in x.split(CHUNK)])
+        return torch.cat([self._run(part) for part in x.split(step)])
 
     # ---------------------------------------------------------------- choosing
 
@@ -176,10 +178,10 @@ def onnx_run(module: nn.Module, example: torch.Tensor) -> Run:
     from cnnlab.models.onnx import session_options
 
     path = onnx_path(module, tuple(example.shape[1:]))
-    session = _session(path, session_options(torch.get_num_threads())) if path.is_file() else None
+    session = _session(path, session_options(torch.get_num_threads(), spin=False)) if path.is_file() else None
     if session is None:
         _export(module, example, path)
-        session = _session(path, session_options(torch.get_num_threads()))
+        session = _session(path, session_options(torch.get_num_threads(), spin=False))
         if session is None:
             raise CnnlabError(f"the exported network {path} does not load in ONNX Runtime")
     name = session.get_inputs()[0].name

@@ -78,8 +78,8 @@ def embed_split(cfg: TrainConfig, forward: Forward, data: ImageDataset, pipeline
     """(embeddings (N, D) float32, labels, the backend that ran) of a split: one pass of the frozen backbone
     (`forward`, on the fastest backend that gives the same answer: training/backends.py) over the unaugmented
     images, written into one tensor as they come."""
-    # Batches of EMBED_BATCH images at most: the backend runs a few at a time anyway (backends.CHUNK), and the
-    # batches decoded ahead are memory held for nothing.
+    # Batches of EMBED_BATCH images at most: ONNX Runtime runs a few at a time anyway (backends.CHUNK_PIXELS), and
+    # larger batches decoded ahead are memory held for nothing.
     loader = BatchLoader(data, min(cfg.batch_size, EMBED_BATCH), pipeline, device=device, num_workers=cfg.num_workers)
     xs: torch.Tensor | None = None
     ys = torch.empty(len(data), dtype=torch.long)
