@@ -143,21 +143,14 @@ def test_a_dark_on_white_digit_is_inverted_and_a_photo_gets_a_note(page, tmp_pat
 
 
 def test_draw_on_the_canvas_and_the_bars_change(page) -> None:
-    box = page.locator("#canvas").bounding_box()
-    x0, y0 = box["x"], box["y"]
-    # A "7": a bar across the top, then a stroke down to the lower left.
-    page.mouse.move(x0 + 70, y0 + 60)
-    page.mouse.down()
-    for x in range(70, 211, 10):
-        page.mouse.move(x0 + x, y0 + 60)
-    for step in range(1, 16):
-        page.mouse.move(x0 + 210 - step * 6, y0 + 60 + step * 12)
-    page.mouse.up()
+    draw_seven(page)
     page.wait_for_selector("#top-line[data-source=drawing]")
     first, first_text = bars(page), page.evaluate(BARS_JS)
     shot(page, "draw-seven")
     assert len(first) == 10
     # A second stroke changes the drawing; live predictions follow it.
+    box = page.locator("#canvas").bounding_box()
+    x0, y0 = box["x"], box["y"]
     page.mouse.move(x0 + 60, y0 + 150)
     page.mouse.down()
     for x in range(60, 231, 10):
@@ -275,6 +268,7 @@ def test_api_docs_render_offline(browser, server: BackgroundServer) -> None:
 
 
 def draw_seven(page) -> None:
+    """A "7" on the canvas: a bar across the top, then a stroke down to the lower left."""
     box = page.locator("#canvas").bounding_box()
     x0, y0 = box["x"], box["y"]
     page.mouse.move(x0 + 70, y0 + 60)

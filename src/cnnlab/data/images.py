@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Union
 
@@ -42,18 +44,40 @@ def open_image(
         return source
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error" if max_pixels is not None else "ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+    with _as_bad_image(name), warnings.catch_warnings():
+        warnings.simplefilter("error" if max_pixels is not None else "ignore", Image.DecompressionBombWarning)
+        img = Image.open(fp)
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise BadImageError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels:,}")
+        if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
+            img.info["source_size"] = (w, h)  # the size as stored, before the reduced decode
+            img.draft(img.mode, (draft[1], draft[0]))
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)
+    return img
+
+
+def read_header(path: str | os.PathLike) -> tuple[bool, int, int]:
+    """(single channel, H, W) of an image file as it decodes upright, read from its header alone (no pixel is
+    decoded: a truncated file passes, and fails when it is decoded); BadImageError for what is not an image."""
+    with _as_bad_image(path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
             w, h = img.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise BadImageError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels:,}")
-            if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
-                img.info["source_size"] = (w, h)  # the size as stored, before the reduced decode
-                img.draft(img.mode, (draft[1], draft[0]))
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)
+            # PNG's getexif() decodes every pixel to look for an eXIf chunk after them too: the header's only
+            # (where writers put it), else the scan costs a full decode (benchmarks/README.md, issue 29).
+            exif = img.getexif() if img.format != "PNG" or "exif" in img.info else {}
+            turned = exif.get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that turn it a quarter
+            return is_single_channel(img), (w if turned else h), (h if turned else w)
+
+
+@contextmanager
+def _as_bad_image(name: object) -> Iterator[None]:
+    """What goes wrong reading the image `name` (missing, a folder, not an image, a bomb, corrupt) as one
+    BadImageError line."""
+    try:
+        yield
     except FileNotFoundError:
         raise BadImageError(f"{name}: no such file") from None
     except IsADirectoryError:
@@ -64,32 +88,6 @@ def open_image(
         raise BadImageError(f"{name}: refused as a decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"{name}: corrupt or truncated image ({exc})") from None
-    return img
-
-
-def read_header(path: str | os.PathLike) -> tuple[bool, int, int]:
-    """(single channel, H, W) of an image file as it decodes upright, read from its header alone (no pixel is
-    decoded: a truncated file passes, and fails when it is decoded); BadImageError for what is not an image."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                # PNG's getexif() decodes every pixel to look for an eXIf chunk after them too: the header's only
-                # (where writers put it), else the scan costs a full decode (benchmarks/README.md, issue 29).
-                exif = img.getexif() if img.format != "PNG" or "exif" in img.info else {}
-                turned = exif.get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that turn it a quarter
-                return is_single_channel(img), (w if turned else h), (h if turned else w)
-    except FileNotFoundError:
-        raise BadImageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise BadImageError(f"{path}: is a directory, not an image") from None
-    except UnidentifiedImageError:
-        raise BadImageError(f"{path}: not an image file (or a format Pillow cannot read)") from None
-    except Image.DecompressionBombError as exc:
-        raise BadImageError(f"{path}: refused as a decompression bomb ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(f"{path}: corrupt or truncated image ({exc})") from None
 
 
 def to_8bit(img: Image.Image, channels: int) -> Image.Image:
