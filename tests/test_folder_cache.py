@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.data import folder, get_dataset, scan
+from cnnlab.data import folder, get_dataset, listed_once, loader, scan
 from cnnlab.data.images import image_to_tensor, open_image
 from cnnlab.errors import CnnlabError
 
@@ -46,7 +46,7 @@ def count_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
     """Record every file whose header the scan reads, and every file the decoder decodes."""
     headers: list[str] = []
     decodes: list[str] = []
-    for module, name, seen in ((scan, "read_header", headers), (folder, "open_image", decodes)):
+    for module, name, seen in ((scan, "peek_image", headers), (folder, "open_image", decodes)):
         real = getattr(module, name)
 
         def counting(path, *a, real=real, seen=seen, **kw):
@@ -106,14 +106,14 @@ def test_changed_added_and_removed_files_are_noticed(tmp_path: Path, cache: Path
     os.utime(root / "dark" / "0.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # whatever the clock's grain
     changed = scan.scan_folder(root)
     assert opened == ["0.png"]  # only the changed file is read again
-    assert changed.sizes["train"][changed.files["train"].index(root / "dark" / "0.png")] == (7, 5)
+    assert changed.sizes["train"][changed.files["train"].index(str(root / "dark" / "0.png"))] == (7, 5)
     Image.new("L", (9, 9), 200).save(root / "light" / "new.png")
     fresh_process(monkeypatch)  # and in a new process
     added = scan.scan_folder(root)
-    assert opened == ["0.png", "new.png"] and root / "light" / "new.png" in added.files["train"]
+    assert opened == ["0.png", "new.png"] and str(root / "light" / "new.png") in added.files["train"]
     (root / "light" / "1.png").unlink()
     removed = scan.scan_folder(root)
-    assert opened == ["0.png", "new.png"] and root / "light" / "1.png" not in removed.files["train"]
+    assert opened == ["0.png", "new.png"] and str(root / "light" / "1.png") not in removed.files["train"]
     assert len(removed.files["train"]) == len(before.files["train"])
     assert "light/1.png" not in scan.load_records(root)  # the cache forgets it too
 
@@ -190,19 +190,121 @@ def test_a_folder_decodes_alike_in_threads_or_in_one(tmp_path: Path, monkeypatch
                                                      pays: float) -> None:
     # Threads pay for photos, one thread for small files (benchmarks/README.md): the same tensor and the same bad
     # files either way, in chunks that do not divide the folder.
-    monkeypatch.setattr(folder, "DECODE_CHUNK", 3)
-    monkeypatch.setattr(folder, "THREADS_PAY_S", pays)
+    monkeypatch.setattr(loader, "CHUNK", 3)
+    monkeypatch.setattr(loader, "THREADS_PAY_S", pays)
     rng = np.random.default_rng(0)
     files = []
     for i in range(10):
-        files.append(tmp_path / f"{i}.png")
+        files.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(rng.integers(0, 256, (12, 10), dtype=np.uint8)).save(files[-1])
-    files[4].write_bytes(files[4].read_bytes()[:60])  # cut inside its pixels
-    got = folder._decode_all(files, 1, (6, 5))
+    Path(files[4]).write_bytes(Path(files[4]).read_bytes()[:60])  # cut inside its pixels
+    got = folder._decode_all(files, 1, (6, 5), {})
     assert got["bad"].tolist() == [4] and "truncated" in got["reasons"][0]
     for i, f in enumerate(files):
         if i != 4:
             assert torch.equal(got["images"][i], image_to_tensor(open_image(f), 1, (6, 5)))
+
+def test_a_run_lists_its_folder_once_and_its_splits_see_the_same_files(tmp_path: Path, cache: Path,
+                                                                       monkeypatch) -> None:
+    root = make_folder(tmp_path / "imgs", per_class=10)
+    listed: list[str] = []
+    real = scan.list_split
+    monkeypatch.setattr(scan, "list_split", lambda root, folder, classes: listed.append(folder) or real(root, folder,
+                                                                                                      classes))
+    with listed_once():
+        first = scan.scan_folder(root)
+        Image.new("L", (12, 10), 7).save(root / "light" / "late.png")  # added during the run: not in its splits
+        splits = all_splits(root)
+        assert scan.scan_folder(root) is first and len(listed) == 1
+    assert sum(len(d) for d in splits.values()) == 20
+    assert str(root / "light" / "late.png") in scan.scan_folder(root).files["train"]  # outside a run: listed afresh
+    assert len(listed) == 2
+
+
+def test_cnnlab_train_lists_a_folder_once(tmp_path: Path, cache: Path, monkeypatch) -> None:
+    import cnnlab
+
+    root = make_folder(tmp_path / "imgs", per_class=12)
+    listed: list[str] = []
+    real = scan.list_split
+    monkeypatch.setattr(scan, "list_split", lambda root, folder, classes: listed.append(folder) or real(root, folder,
+                                                                                                      classes))
+    run = cnnlab.train(dataset=f"folder:{root}", epochs=1, out=str(tmp_path / "run"), quiet=True)
+    assert run.status == "completed" and len(listed) == 1  # the automatic choices and the three splits: one listing
+
+
+def mixed_folder(root: Path) -> Path:
+    """Small gray and colour PNGs, a JPEG small enough to keep but large enough for a reduced decode at 8x8, a
+    palette PNG (not kept: another mode), a larger PNG (not kept), one cut in its pixels and one turned by EXIF."""
+    rng = np.random.default_rng(3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for cls, n in (("a", 5), ("b", 5)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (10, 12), dtype=np.uint8)).save(root / cls / f"gray{i}.png")
+        Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)).save(root / cls / "colour.png")
+        Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(root / cls / "photo.jpg")
+        Image.fromarray(rng.integers(0, 256, (10, 12), dtype=np.uint8)).convert("P").save(root / cls / "pal.png")
+        Image.fromarray(rng.integers(0, 256, (90, 80), dtype=np.uint8)).save(root / cls / "large.png")
+        Image.fromarray(rng.integers(0, 256, (11, 13, 3), dtype=np.uint8)).save(root / cls / "turned.png",
+                                                                                   exif=exif.tobytes())
+    whole = (root / "b" / "gray0.png").read_bytes()
+    (root / "b" / "gray0.png").write_bytes(whole[:60])  # its header reads, its pixels do not
+    return root
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_first_run_opens_each_small_file_once_and_decodes_it_as_a_second_open_would(
+        tmp_path: Path, cache: Path, monkeypatch, capfd, channels: int) -> None:
+    root = mixed_folder(tmp_path / "imgs")
+    headers, decodes = count_reads(monkeypatch)
+    with listed_once():
+        kept = {s: get_dataset(f"folder:{root}", s, image_size=(8, 8), channels=channels) for s in
+                ("train", "val", "test")}
+        assert not scan.scan_folder(root).kept  # the decode took what the scan kept
+    # Each file's header once; a second open only for what a scan does not keep: larger, palette, a JPEG that
+    # decodes at a reduced scale, and the cut file (kept by none: its pixels fail, and it is said once decoded).
+    assert sorted(headers) == sorted(p.name for p in root.rglob("*.*"))
+    assert sorted(decodes) == sorted(["gray0.png", *[n for n in ("large.png", "pal.png", "photo.jpg") for _ in "ab"]])
+    assert "gray0.png: corrupt or truncated" in capfd.readouterr().err
+    folder_images = {s: d.images for s, d in kept.items()}
+    monkeypatch.undo()
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "other-cache"))
+    fresh_process(monkeypatch)
+    opened = {s: get_dataset(f"folder:{root}", s, image_size=(8, 8), channels=channels) for s in
+              ("train", "val", "test")}  # outside a run: nothing kept, each file decoded from its own open
+    for s in kept:
+        assert torch.equal(folder_images[s], opened[s].images) and torch.equal(kept[s].targets, opened[s].targets)
+
+
+def test_what_a_scan_keeps_is_dropped_when_the_run_ends(tmp_path: Path, cache: Path) -> None:
+    root = mixed_folder(tmp_path / "imgs")
+    with listed_once():
+        found = scan.scan_folder(root)
+        assert len(found.kept) == 2 * 8 - 1 and all(isinstance(k, str) for k in found.kept)  # not the cut file
+    assert not found.kept
+
+
+def test_a_scan_leaves_nothing_per_file_for_the_garbage_collector(tmp_path: Path, cache: Path) -> None:
+    # A million Path objects or PIL images alive for a whole run made every collection walk them: the first run of
+    # MNIST as PNGs spent 3.8 of its 14.7 s in the collector (benchmarks/README.md, issue 29).
+    import gc
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(500):
+            Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    gc.collect()
+    before = len(gc.get_objects())
+    with listed_once():
+        found = scan.scan_folder(tmp_path / "imgs")
+        gc.collect()
+        during = len(gc.get_objects())
+        assert len(found.files["train"]) == len(found.kept) == 1000
+    assert during - before < 100  # a few objects for the scan, none for each of its 1,000 files and their pixels
+
 
 # ---------------------------------------------------------------- bad input: one line, nothing lost
 

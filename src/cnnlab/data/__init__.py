@@ -7,6 +7,7 @@ from cnnlab.data.loader import BatchLoader
 from cnnlab.data.paths import resolve_data_dir
 from cnnlab.data.pipeline import Pipeline
 from cnnlab.data.registry import get_dataset, get_dataset_info, is_present, list_datasets
+from cnnlab.data.scan import listed_once
 from cnnlab.data.sources import DatasetNotFoundError
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "get_dataset_info",
     "is_present",
     "list_datasets",
+    "listed_once",
     "parse_augment",
     "resolve_data_dir",
     "take",

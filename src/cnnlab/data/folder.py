@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,17 +11,15 @@ import torch
 
 from cnnlab.data.cache import CACHE_FORMAT, cached
 from cnnlab.data.dataset import ImageData
-from cnnlab.data.images import BadImageError, image_to_tensor, open_image
+from cnnlab.data.images import BadImageError, Small, image_to_array, image_to_tensor, open_image, small_to_array
 from cnnlab.data.info import DatasetInfo
-from cnnlab.data.loader import decode_threads
-from cnnlab.data.scan import FolderScan, Stamp, scan_folder
+from cnnlab.data.loader import run_chunked
+from cnnlab.data.scan import FolderScan, scan_folder
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import CnnlabError
 
 DEFAULT_IMAGE_SIZE = (64, 64)
 IN_MEMORY_LIMIT = 1 << 30  # decoded bytes above which a folder streams from disk instead
-DECODE_CHUNK = 256  # files one thread decodes in one go
-THREADS_PAY_S = 300e-6  # decoding a file takes longer than this: threads decode the folder (benchmarks/README.md)
 
 
 def folder_splits(scan: FolderScan, val_size: int | float | None, split_seed: int) -> dict[str, tuple[list, list]]:
@@ -60,7 +56,7 @@ class FolderStream(torch.utils.data.Dataset):
 
     images = None  # not held in memory (see cnnlab.data.dataset.ImageDataset)
 
-    def __init__(self, files: list[Path], targets: list[int], info: DatasetInfo, split: str,
+    def __init__(self, files: list[str], targets: list[int], info: DatasetInfo, split: str,
                  image_size: tuple[int, int]):
         self.files, self.targets, self.info, self.split = files, torch.tensor(targets), info, split
         self.image_size = image_size
@@ -86,30 +82,28 @@ class FolderStream(torch.utils.data.Dataset):
         return FolderStream(files, self.targets[keep].tolist(), self.info, self.split, self.image_size)
 
 
-def _decode_all(files: list[Path], channels: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+def _decode_all(files: list[str], channels: int, size: tuple[int, int],
+                kept: dict[str, Small]) -> dict[str, torch.Tensor]:
     """Every file decoded into one preallocated uint8 tensor (no second copy of a folder near the memory limit), and
-    the indices of those that failed to decode (their rows stay zero)."""
+    the indices of those that failed to decode (their rows stay zero). A file the scan already decoded (`kept`,
+    taken from it) is not opened again."""
     out = torch.zeros(len(files), channels, *size, dtype=torch.uint8)
+    rows = out.numpy()  # written through numpy: a tensor's row assignment costs more than a small image's decode
 
-    def some(start: int) -> list[tuple[int, str]]:
+    def some(start: int, stop: int) -> list[tuple[int, str]]:
         failed = []
-        for i in range(start, min(start + DECODE_CHUNK, len(files))):
+        for i in range(start, stop):
             try:
-                out[i] = image_to_tensor(open_image(files[i], draft=size), channels, size)
+                small = kept.pop(files[i], None) if kept else None
+                pixels = small_to_array(small, channels, size) if small is not None else None
+                if pixels is None:
+                    pixels = image_to_array(open_image(files[i], draft=size), channels, size)
+                rows[i] = pixels.transpose(2, 0, 1)
             except BadImageError as exc:
                 failed.append((i, str(exc).split(": ", 1)[-1]))
         return failed
 
-    # Pillow decodes without the GIL, so threads decode photos in parallel; but a small file is mostly Python, and
-    # threads fighting over the GIL decode it slower than one thread does. The first chunk, timed, decides.
-    start = time.perf_counter()
-    bad = some(0)
-    rest = range(DECODE_CHUNK, len(files), DECODE_CHUNK)
-    if (time.perf_counter() - start) / max(1, min(DECODE_CHUNK, len(files))) < THREADS_PAY_S or not rest:
-        bad += [r for s in rest for r in some(s)]
-    else:
-        with ThreadPoolExecutor(max_workers=decode_threads()) as pool:  # files by the hundred: a future costs too
-            bad += [r for failed in pool.map(some, rest) for r in failed]
+    bad = run_chunked(some, len(files))
     return {"images": out, "bad": torch.tensor([i for i, _ in bad], dtype=torch.long),
             "reasons": [reason for _, reason in bad]}
 
@@ -151,26 +145,27 @@ def get_folder_dataset(
     limit = IN_MEMORY_LIMIT if in_memory_limit is None else in_memory_limit
     if stream or n_total * ch * size[0] * size[1] > limit:
         sample = splits["train"][0][:: max(1, len(splits["train"][0]) // 500)][:500]
-        info = _with_stats(info, _decode(sample, ch, size, scan.stamps, remember=False)[0])
+        info = _with_stats(info, _decode(sample, ch, size, scan, remember=False)[0])
         return FolderStream(files, targets, replace(info, in_memory=False), split, size)
-    info = _with_stats(info, _decode(splits["train"][0], ch, size, scan.stamps)[0])
-    images, good = _decode(files, ch, size, scan.stamps)
+    info = _with_stats(info, _decode(splits["train"][0], ch, size, scan)[0])
+    images, good = _decode(files, ch, size, scan)
     return ImageData(images, torch.tensor(targets, dtype=torch.long)[good], info, split)
 
 
-def _decode(files: list[Path], channels: int, size: tuple[int, int], stamps: dict[Path, Stamp],
+def _decode(files: list[str], channels: int, size: tuple[int, int], scan: FolderScan,
             remember: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(the images that decode, as one uint8 tensor; the mask of those files): cached on disk (and, `remember`, for
-    this process) under a key of each file's path, size and modification time as the scan found them, and the
-    decoded size and channels. Files that fail to decode are said on every run, and left out every time."""
-    h = hashlib.sha1(f"cnnlab-cache-{CACHE_FORMAT}|folder|{channels}|{tuple(size)}".encode())
-    h.update("".join(f"{f}|{stamps[f]}\n" for f in files).encode())
+    this process) under a key of the files' paths, the scan's listing key (every file's path, size and modification
+    time: any change in the folder is a new key), and the decoded size and channels. Files that fail to decode are
+    said on every run, and left out every time."""
+    h = hashlib.sha1(f"cnnlab-cache-{CACHE_FORMAT}|folder|{channels}|{tuple(size)}|{scan.key}\n".encode())
+    h.update("\n".join(map(str, files)).encode())
     key = h.hexdigest()[:20]
     if key not in _DECODED:
         while len(_DECODED) >= DECODED_MEMO:
             _DECODED.pop(next(iter(_DECODED)))
         shape = (len(files), channels, *size)
-        decoded = cached("folder", key, lambda: _decode_all(files, channels, size), valid=lambda d: (
+        decoded = cached("folder", key, lambda: _decode_all(files, channels, size, scan.kept), valid=lambda d: (
             _is_images(d.get("images"), shape) and _is_indices(d.get("bad"), len(files))
             and isinstance(d.get("reasons"), list) and len(d["reasons"]) == len(d["bad"])))
         good = torch.ones(len(files), dtype=torch.bool)

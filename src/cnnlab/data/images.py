@@ -61,15 +61,48 @@ def open_image(
 def read_header(path: str | os.PathLike) -> tuple[bool, int, int]:
     """(single channel, H, W) of an image file as it decodes upright, read from its header alone (no pixel is
     decoded: a truncated file passes, and fails when it is decoded); BadImageError for what is not an image."""
+    return peek_image(path)[0]
+
+
+def peek_image(path: str | os.PathLike, decode_below: int = 0) -> tuple[tuple[bool, int, int], Small | None]:
+    """read_header's answer, and for a gray or RGB image of fewer than `decode_below` pixels its pixels, decoded as
+    `open_image` decodes them without a draft (for a small file, opening it costs more than decoding it: a scan
+    that keeps them spares the decode a second open). None for a larger image or another mode, or one whose pixels
+    fail to decode (its decode then fails too, and says so)."""
     with _as_bad_image(path), warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # leaving the block closes the file, and keeps what was decoded
             w, h = img.size
             # PNG's getexif() decodes every pixel to look for an eXIf chunk after them too: the header's only
             # (where writers put it), else the scan costs a full decode (benchmarks/README.md, issue 29).
             exif = img.getexif() if img.format != "PNG" or "exif" in img.info else {}
             turned = exif.get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that turn it a quarter
-            return is_single_channel(img), (w if turned else h), (h if turned else w)
+            header = is_single_channel(img), (w if turned else h), (h if turned else w)
+            if w * h >= decode_below or img.mode not in ("L", "RGB"):
+                return header, None
+            try:
+                img.load()
+            except (OSError, SyntaxError, ValueError):
+                return header, None
+            ImageOps.exif_transpose(img, in_place=True)
+            return header, (np.asarray(img), img.format, (w, h))
+
+
+# A small image decoded by a scan (`peek_image`): its pixels upright, (H, W) or (H, W, 3) uint8; its file's format;
+# its size as stored, (width, height). A plain tuple of an array, a string and ints, which the garbage collector
+# stops tracking: a NamedTuple or a PIL image per file of a folder it would walk on every collection.
+Small = tuple[np.ndarray, Union[str, None], tuple[int, int]]
+
+
+def small_to_array(small: Small, channels: int, size: tuple[int, int]) -> np.ndarray | None:
+    """What `image_to_array(open_image(path, draft=size), channels, size)` gives for a file `peek_image` kept, or
+    None where that decodes a JPEG at a reduced scale (then only a second open gives its pixels)."""
+    px, fmt, (w, h) = small
+    if fmt == "JPEG" and min(w // size[1], h // size[0]) >= 2:
+        return None
+    if px.shape[:2] == tuple(size) and (px.ndim == 2) == (channels == 1):
+        return px[:, :, None] if px.ndim == 2 else px
+    return image_to_array(Image.fromarray(px), channels, size)
 
 
 @contextmanager
@@ -91,7 +124,9 @@ def _as_bad_image(name: object) -> Iterator[None]:
 
 
 def to_8bit(img: Image.Image, channels: int) -> Image.Image:
-    """Any PIL mode as an 8-bit "L" (channels=1) or "RGB" (channels=3) image."""
+    """Any PIL mode as an 8-bit "L" (channels=1) or "RGB" (channels=3) image (`img` itself when it is one)."""
+    if img.mode == ("L" if channels == 1 else "RGB"):
+        return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         # Deep images: scale by the range of their type, so a 16-bit white is 255 and 8-bit data in "I" stays.
@@ -116,13 +151,18 @@ def is_single_channel(img: Image.Image) -> bool:
 
 def image_to_tensor(img: Image.Image, channels: int, size: tuple[int, int] | None = None) -> torch.Tensor:
     """A PIL image as a (C, H, W) uint8 tensor, squashed to `size` (H, W) with an antialiased resize."""
+    return torch.from_numpy(image_to_array(img, channels, size).transpose(2, 0, 1).copy())
+
+
+def image_to_array(img: Image.Image, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A PIL image as an (H, W, C) uint8 array (read-only: it may share the image's memory), squashed to `size`
+    (H, W) with an antialiased resize."""
     img = to_8bit(img, channels)
     if size is not None and img.size != (size[1], size[0]):
         # reducing_gap: big photos are first shrunk by an integer factor (fast), then resampled (smooth).
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    arr = np.asarray(img, dtype=np.uint8)
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    arr = np.asarray(img)
+    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 def to_pil(source: ImageLike, draft: tuple[int, int] | None = None) -> Image.Image:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
 
 import torch
 
@@ -19,6 +21,10 @@ from cnnlab.data.pipeline import Pipeline
 
 MEMORY_LIMIT = 1 << 30  # convert (resize) the whole dataset up front when the result fits in this many bytes
 PREFETCH = 2  # batches of a streamed split being decoded ahead of the one in use
+CHUNK = 256  # files one thread takes in one go: a future per file costs more than a small file's work
+THREADS_PAY_S = 300e-6  # a file takes longer than this: threads pay (benchmarks/README.md, issue 29)
+
+T = TypeVar("T")
 
 
 def decode_threads(requested: int = 0) -> int:
@@ -30,6 +36,20 @@ def decode_threads(requested: int = 0) -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def run_chunked(work: Callable[[int, int], list[T]], n: int) -> list[T]:
+    """work(start, stop) over range(n) in chunks of CHUNK, the results joined in order. The first chunk runs here,
+    timed: where a file took longer than THREADS_PAY_S (waiting on a disk, or decoding a photo in C without the
+    GIL), the rest runs in decode_threads() threads; else here too, as small files are mostly Python, and threads
+    fighting over the GIL handle them slower than one thread does."""
+    start = time.perf_counter()
+    out = work(0, min(CHUNK, n))
+    rest = range(CHUNK, n, CHUNK)
+    if (time.perf_counter() - start) / max(1, min(CHUNK, n)) < THREADS_PAY_S or not rest:
+        return out + [r for a in rest for r in work(a, min(a + CHUNK, n))]
+    with ThreadPoolExecutor(max_workers=decode_threads(), thread_name_prefix="cnnlab-decode") as pool:
+        return out + [r for done in pool.map(lambda a: work(a, min(a + CHUNK, n)), rest) for r in done]
 
 
 def _seed(*parts: int) -> int:

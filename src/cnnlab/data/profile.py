@@ -127,7 +127,7 @@ def _profile_folder(path: str, val_size: int | float | None, subset: int) -> Dat
                        train_n, val_n, kind, reason, None, measures, subset)
 
 
-def _decode_sample(files: list[Path], channels: int, size: tuple[int, int]) -> torch.Tensor:
+def _decode_sample(files: list[str], channels: int, size: tuple[int, int]) -> torch.Tensor:
     """An evenly spread sample of the training files, decoded at `size`."""
     from cnnlab.data.images import BadImageError, image_to_tensor, open_image
 

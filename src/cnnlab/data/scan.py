@@ -15,13 +15,16 @@ import os
 import stat
 import sys
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cnnlab.data.images import IMAGE_EXTENSIONS, BadImageError, read_header
-from cnnlab.data.loader import decode_threads
+from cnnlab.data.images import IMAGE_EXTENSIONS, BadImageError, Small, peek_image
+from cnnlab.data.loader import run_chunked
 from cnnlab.data.paths import decoded_cache_dir
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_path
@@ -39,12 +42,16 @@ class FolderScan:
 
     root: Path
     classes: tuple[str, ...]
-    files: dict[str, list[Path]]  # split -> files ("train", and "val"/"test" when the folder has them)
+    # split -> files ("train", and "val"/"test" when the folder has them), as strings: a large folder's Path objects
+    # were most of its scan's memory, and of the garbage collector's work for the rest of the run (issue 29)
+    files: dict[str, list[str]]
     targets: dict[str, list[int]]
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason)
     gray: bool = False  # every image is single-channel
     sizes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # split -> each file's (H, W), upright
-    stamps: dict[Path, Stamp] = field(default_factory=dict)  # each readable file's size and mtime when scanned
+    key: str = ""  # a hash of every file's split, class, path, size and modification time (listing_key)
+    kept: dict[str, Small] = field(default_factory=dict, repr=False)  # small images this scan decoded, by path,
+    # until their decode takes them (in a `listed_once` block only: dropped when it ends)
 
 
 class Entry(NamedTuple):
@@ -60,11 +67,38 @@ class Entry(NamedTuple):
 def scan_folder(root: Path) -> FolderScan:
     """Find the classes and image files under `root` (class folders, or train/ + val/ and/or test/).
 
-    Every file is listed and stat-ed on each call; a file's header is read only when the scan cache has no result
-    for its current size and modification time. Files that are not images are printed (path, reason) on every
-    run.
+    Every file is listed and stat-ed on each call (once in a `listed_once` block); a file's header is read only
+    when the scan cache has no result for its current size and modification time. Files that are not images are
+    printed (path, reason) on every run.
     """
     root = Path(root).expanduser().resolve()
+    pinned = _LISTED.get()
+    if pinned is not None and root in pinned:
+        return pinned[root]
+    scan = _scan_now(root)
+    if pinned is not None:
+        pinned[root] = scan
+    return scan
+
+
+@contextmanager
+def listed_once() -> Iterator[None]:
+    """Within this block a folder is listed once: what asks for its scan again (a run's profile, then its train,
+    val and test splits) gets that same scan, so all of them see the same files, and a large folder is not walked
+    four times. Outside it, every call lists the folder afresh (a notebook sees the files it just added)."""
+    token = _LISTED.set({})
+    try:
+        yield
+    finally:
+        for scan in _LISTED.get().values():
+            scan.kept.clear()
+        _LISTED.reset(token)
+
+
+_LISTED: ContextVar[dict[Path, FolderScan] | None] = ContextVar("cnnlab_listed_once", default=None)
+
+
+def _scan_now(root: Path) -> FolderScan:
     if not root.is_dir():
         raise CnnlabError(f"{root} is not a folder: folder:PATH needs a folder with one sub-folder per class")
     layout = split_folders(root)
@@ -76,16 +110,19 @@ def scan_folder(root: Path) -> FolderScan:
         )
     listing = {split: list_split(root, folder, classes) for split, folder in layout.items()}
     key = listing_key(root, listing)
-    if key not in _MEMO:  # the train, val and test splits each ask, in one process
+    if key not in _MEMO:  # an unchanged folder, asked again in one process: its headers are not looked up again
         while len(_MEMO) >= MEMO_SIZE:
             _MEMO.pop(next(iter(_MEMO)))
-        _MEMO[key] = _scan(root, classes, listing)
+        _MEMO[key] = _scan(root, classes, listing, key)
     return _MEMO[key]
 
 
 MEMO_SIZE = 4
-HEADER_CHUNK = 256  # files whose headers one thread reads in one go
 _MEMO: dict[str, FolderScan] = {}
+# A first scan decodes images this small as it reads their headers, for the decode that follows in the same run:
+# opening such a file costs more than decoding it (benchmarks/README.md, issue 29). At most KEEP_BYTES are kept.
+SMALL_PIXELS = 64 * 64
+KEEP_BYTES = 256 << 20
 
 
 def split_folders(root: Path) -> dict[str, Path]:
@@ -113,38 +150,38 @@ def list_split(root: Path, folder: Path, classes: tuple[str, ...]) -> list[Entry
     extra = sorted({d.name for d in dirs} - set(classes))
     if extra:
         raise CnnlabError(f"{folder} has class folders not in train/: {extra}")
-    entries = []
+    entries: list[Entry] = []
     for d in dirs:
-        label, prefix = classes.index(d.name), d.relative_to(root).as_posix()
-        for parts, path, stamp in sorted(walk_files(str(d))):
-            dot = parts[-1].rfind(".")
-            image = dot > 0 and parts[-1][dot:].lower() in IMAGE_EXTENSIONS
-            entries.append(Entry(path, "/".join((prefix, *parts)), label, stamp, image))
+        walk_files(str(d), d.relative_to(root).as_posix(), classes.index(d.name), entries)
     return entries
 
 
-def walk_files(folder: str, parts: tuple[str, ...] = ()):
-    """(relative parts, path, stamp or None) of the files under `folder`, hidden ones skipped; links to files are
-    followed, links to folders are not (no endless walk), a broken link is a file whose stat fails."""
+def walk_files(folder: str, rel: str, label: int, out: list[Entry]) -> None:
+    """Append the files under `folder` to `out`, each folder's entries by name (so in the order of their relative
+    paths' parts); hidden ones skipped; links to files are followed, links to folders are not (no endless walk), a
+    broken link is a file whose stat fails."""
     try:
         with os.scandir(folder) as it:
-            found = list(it)
+            found = sorted(it, key=attrgetter("name"))
     except OSError:
         return
     for e in found:
-        if e.name.startswith("."):
+        name = e.name
+        if name.startswith("."):
             continue
         if e.is_dir(follow_symlinks=False):
-            yield from walk_files(e.path, (*parts, e.name))
+            walk_files(e.path, f"{rel}/{name}", label, out)
             continue
+        dot = name.rfind(".")
+        image = dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS
         try:
             st = e.stat()
         except OSError:  # a broken link, or a link to itself: listed, so that it is reported
             if e.is_symlink():
-                yield (*parts, e.name), e.path, None
+                out.append(Entry(e.path, f"{rel}/{name}", label, None, image))
             continue
         if stat.S_ISREG(st.st_mode):
-            yield (*parts, e.name), e.path, (st.st_size, st.st_mtime_ns)
+            out.append(Entry(e.path, f"{rel}/{name}", label, (st.st_size, st.st_mtime_ns), image))
 
 
 def listing_key(root: Path, listing: dict[str, list[Entry]]) -> str:
@@ -155,16 +192,8 @@ def listing_key(root: Path, listing: dict[str, list[Entry]]) -> str:
     return h.hexdigest()[:20]
 
 
-def check_header(path: str) -> list[Any]:
-    """[is_gray, H, W] of an image file (upright), or [reason] of a file that is not one, from its header."""
-    try:
-        return list(read_header(path))
-    except BadImageError as exc:
-        return [str(exc).split(": ", 1)[-1]]
-
-
-def _scan(root: Path, classes: tuple[str, ...], listing: dict[str, list[Entry]]) -> FolderScan:
-    """Results for every file (from the scan cache, else decoded), gathered into a FolderScan."""
+def _scan(root: Path, classes: tuple[str, ...], listing: dict[str, list[Entry]], key: str) -> FolderScan:
+    """Results for every file (from the scan cache, else read from its header), gathered into a FolderScan."""
     known = load_records(root)
     records: dict[str, list[Any]] = {}
     todo = []
@@ -177,17 +206,28 @@ def _scan(root: Path, classes: tuple[str, ...], listing: dict[str, list[Entry]])
                 records[e.rel] = old
             else:
                 todo.append(e)
-    # Threads overlap the reads from disk, one per core (more only fight over the GIL while parsing), given files
-    # by the hundred (a future per file costs more than its header): benchmarks/README.md, issue 29.
-    chunks = [todo[i: i + HEADER_CHUNK] for i in range(0, len(todo), HEADER_CHUNK)]
-    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
-        for chunk, results in zip(chunks, pool.map(lambda c: [check_header(e.path) for e in c], chunks)):
-            for e, result in zip(chunk, results):
-                records[e.rel] = [*(e.stamp or (-1, -1)), *result]
+    scan = FolderScan(root, classes, {}, {}, gray=True, key=key)
+    room = [KEEP_BYTES if _LISTED.get() is not None else 0]  # shared by the threads: near enough is enough
+
+    def read(start: int, stop: int) -> list[list[Any]]:
+        out = []
+        for e in todo[start:stop]:
+            try:
+                header, small = peek_image(e.path, SMALL_PIXELS if room[0] > 0 else 0)
+            except BadImageError as exc:
+                out.append([str(exc).split(": ", 1)[-1]])
+                continue
+            if small is not None:
+                scan.kept[e.path] = small
+                room[0] -= header[1] * header[2] * (1 if header[0] else 3)
+            out.append(list(header))
+        return out
+
+    for e, result in zip(todo, run_chunked(read, len(todo))):
+        records[e.rel] = [*(e.stamp or (-1, -1)), *result]
     keep = {rel: r for rel, r in records.items() if r[0] >= 0}  # broken links are never kept: checked each run
     if keep != known:
         save_records(root, keep)
-    scan = FolderScan(root, classes, {}, {}, gray=True)
     for split, entries in listing.items():
         _gather(scan, split, entries, records)
     _report(scan, listing)
@@ -195,19 +235,20 @@ def _scan(root: Path, classes: tuple[str, ...], listing: dict[str, list[Entry]])
 
 
 def _gather(scan: FolderScan, split: str, entries: list[Entry], records: dict[str, list[Any]]) -> None:
-    files, targets, sizes = scan.files.setdefault(split, []), scan.targets.setdefault(split, []), []
+    files, targets, sizes = [], [], []
+    gray = True
     for e in entries:
-        result = records[e.rel][2:] if e.image else [NOT_AN_IMAGE]
-        if len(result) == 1:
-            scan.skipped.append((Path(e.path), result[0]))
+        record = records[e.rel] if e.image else [-1, -1, NOT_AN_IMAGE]
+        if len(record) == 3:
+            scan.skipped.append((Path(e.path), record[2]))
             continue
-        path = Path(e.path)
-        files.append(path)
+        files.append(e.path)
         targets.append(e.label)
-        sizes.append((result[1], result[2]))
-        scan.gray = scan.gray and bool(result[0])
-        scan.stamps[path] = e.stamp
-    scan.sizes[split] = sizes
+        sizes.append((record[3], record[4]))
+        gray = gray and record[2]
+    scan.files[split] = files
+    scan.targets[split], scan.sizes[split] = targets, sizes
+    scan.gray = scan.gray and bool(gray)
 
 
 def _report(scan: FolderScan, listing: dict[str, list[Entry]]) -> None:

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from cnnlab.data import listed_once
 from cnnlab.errors import CnnlabError
 from cnnlab.training.callbacks import stop_reason
 from cnnlab.training.checkpoint import find_checkpoint, load_checkpoint
@@ -36,9 +37,10 @@ def train(config: TrainConfig | None = None, callbacks: Iterable[Any] = (), **se
         return resume(resume_from, callbacks, **{k: v for k, v in settings.items() if k != "resume"})
     cfg = resolve(settings, base=config)
     out = Printer(cfg)
-    plan = prepare(cfg, out)
-    with build(plan, out=out) as job:
-        return fit(job, TrainState(), callbacks, out)
+    with listed_once():  # a folder dataset is listed once: the automatic choices and the splits see the same files
+        plan = prepare(cfg, out)
+        with build(plan, out=out) as job:
+            return fit(job, TrainState(), callbacks, out)
 
 
 def resume(run: str | Path, callbacks: Iterable[Any] = (), **overrides: Any) -> Run:
@@ -60,7 +62,7 @@ def resume(run: str | Path, callbacks: Iterable[Any] = (), **overrides: Any) -> 
         raise CnnlabError(f"{run_dir} already finished its training and wrote its results; to train longer, give "
                           f"more epochs: cnnlab.resume(run, epochs=N), or cnnlab train --resume RUN --epochs N")
     out = Printer(plan.cfg)
-    with build(plan, run_dir=run_dir, out=out) as job:
+    with listed_once(), build(plan, run_dir=run_dir, out=out) as job:
         state = restore(job, ckpt)
         if state.meter is None:  # a stopping rule the resume changed (--patience, --max-time) may already hold
             state.stopped = state.stopped or stop_reason(plan.cfg, state)
