@@ -3,15 +3,17 @@
 
     CNNLAB_DATA=../shared/data python benchmarks/folder_scale.py                   # 10k, 100k, 1M, and MNIST
     CNNLAB_DATA=../shared/data python benchmarks/folder_scale.py --sizes 2000 --no-mnist   # a smoke run
+    CNNLAB_DATA=../shared/data python benchmarks/folder_scale.py --sizes 10000 --repeats 5  # MNIST, five rounds
 
 A folder of N images: MNIST's training digits as 28x28 gray PNGs in ten class folders, cycled (and shifted by a
-pixel or two after the first pass, so that no two files are alike) to N. Each run is `cnnlab train --dataset
-folder:DIR --model fastnet --epochs 1 --batch-size 256 --val-size 0.05` (MNIST: 5000, as the IDX run's) in a
-fresh process: the first with an empty
-cache, the second with the cache the first left. Measured: the scan alone (first, then again: the second is the
-stat-only pass over the files), seconds to the end of the first optimizer step, the whole run, the process's peak
-memory, and the cache's size on disk. Costs should grow linearly: the exponent between two sizes is
-log(cost ratio) / log(size ratio) (1.0 is linear).
+pixel or two after the first pass, so that no two files are alike) to N. Each run is `cnnlab.train(dataset=
+"folder:DIR", model="fastnet", epochs=1, batch_size=256, val_size=0.05)` (MNIST: 5000, as the IDX run's) in a fresh
+process: the first with an empty cache, the second with the cache the first left. Measured: the scan alone (first,
+then again: the second is the stat-only pass over the files), seconds to the end of the first optimizer step, the
+whole run, the process's peak memory, and the cache's size on disk. Costs should grow linearly: the exponent between
+two sizes is log(cost ratio) / log(size ratio) (1.0 is linear). The MNIST runs go in rounds (IDX, PNG first run,
+PNG second run), their medians compared, once with the library (one process) and once with the `cnnlab train`
+command (which reads a first scan in worker processes).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,21 +87,28 @@ def scan_seconds(folder: Path, cache: Path) -> tuple[float, float]:
                                       text=True, check=True).stdout.split()[-1]) for _ in range(2))
 
 
-def one_run(dataset: str, out: Path, cache: Path, val_size: float = 0.05) -> dict:
-    """Seconds to the first step and in all, peak memory (MiB), of `cnnlab.train` in a fresh process."""
+def one_run(dataset: str, out: Path, cache: Path, val_size: float = 0.05, command: bool = False) -> dict:
+    """Seconds to the first step (None for the command) and in all, peak memory (MiB), of `cnnlab.train` in a fresh
+    process, or with `command`, of `cnnlab train` (which may read a first scan in worker processes: their memory,
+    forked copies of the process, is not counted)."""
     env = {**os.environ, "CNNLAB_CACHE": str(cache)}
     log = out.parent / f"{out.name}.log"
     out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-c", CHILD, dataset, str(out), str(val_size)]
+    if command:
+        argv = [sys.executable, "-m", "cnnlab", "train", "--dataset", dataset, "--model", "fastnet", "--epochs", "1",
+                "--batch-size", "256", "--val-size", str(val_size), "--seed", "0", "--quiet", "--out", str(out),
+                "--overwrite"]
     with open(log, "w") as f:
         t0 = time.time()
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, dataset, str(out), str(val_size)], env=env, stdout=f,
-                                stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)  # this process's own peak (it forks nothing)
+        proc = subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # this process's own peak
         seconds = time.time() - t0
     text = log.read_text()
-    if os.waitstatus_to_exitcode(status) != 0 or "STEP " not in text:
+    if os.waitstatus_to_exitcode(status) != 0 or ("STEP " not in text and not command):
         raise SystemExit(f"the run on {dataset} failed:\n{text[-3000:]}")
-    step = float(next(line.split()[1] for line in text.splitlines() if line.startswith("STEP "))) - t0
+    step = None if command else float(next(line.split()[1] for line in text.splitlines()
+                                            if line.startswith("STEP "))) - t0
     results = json.loads((out / "results.json").read_text())
     return {"first_step_s": step, "run_s": seconds, "peak_mib": usage.ru_maxrss / 1024, "test_acc": results["test_acc"]}
 
@@ -111,11 +121,37 @@ def exponent(a: tuple[int, float], b: tuple[int, float]) -> float:
     return math.log(b[1] / a[1]) / math.log(b[0] / a[0])
 
 
+def compare_mnist(folder: Path, work: Path, repeats: int, command: bool) -> None:
+    """MNIST as PNGs against its IDX files, in rounds (IDX, PNG first run, PNG second run: a drift in the machine's
+    speed falls on all three), compared by their medians."""
+    rounds = []
+    for _ in range(repeats):
+        cache = work / "cache-mnist-png"
+        shutil.rmtree(cache, ignore_errors=True)
+        idx = one_run("mnist", work / "runs" / "idx", work / "cache-idx", 5000, command)
+        first = one_run(f"folder:{folder}", work / "runs" / "png-first", cache, 5000, command)
+        second = one_run(f"folder:{folder}", work / "runs" / "png-second", cache, 5000, command)
+        rounds.append((idx, first, second))
+        print(f"  round {len(rounds)}: IDX {idx['run_s']:.1f} s, PNG first {first['run_s']:.1f} s "
+              f"({first['run_s'] / idx['run_s']:.2f}x), second {second['run_s']:.1f} s "
+              f"({second['run_s'] / idx['run_s']:.2f}x)", flush=True)
+    idx_s, first_s, second_s = (statistics.median(r[k]["run_s"] for r in rounds) for k in range(3))
+    peaks = [statistics.median(r[k]["peak_mib"] for r in rounds) for k in range(3)]
+    accs = " / ".join(f"{r['test_acc']:.2%}" for r in rounds[-1])
+    how = "`cnnlab train` (the command)" if command else "`cnnlab.train` (the library)"
+    print(f"MNIST, one epoch of fastnet, {how}, median of {len(rounds)}: IDX files {idx_s:.1f} s; as 70,000 PNGs: "
+          f"first run {first_s:.1f} s ({first_s / idx_s:.2f}x, goal <= 1.6x), second run {second_s:.1f} s "
+          f"({second_s / idx_s:.2f}x, goal <= 1.25x); peak {peaks[0]:.0f} / {peaks[1]:.0f} / {peaks[2]:.0f} MiB; "
+          f"test accuracy {accs}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000", help="folder sizes (default: 10000,100000,1000000)")
     ap.add_argument("--work", type=Path, help="where the folders are made and kept (default: a temporary folder)")
     ap.add_argument("--no-mnist", action="store_true", help="skip MNIST as 70,000 PNGs against its IDX files")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the MNIST runs (IDX, PNG first, PNG second), "
+                    "in turn; medians are compared (default: 3)")
     args = ap.parse_args()
     print_environment()
     work = args.work or Path(tempfile.mkdtemp(prefix="cnnlab-folder-scale-"))
@@ -143,16 +179,9 @@ def main() -> None:
                   f"{exponent((a[0], a[4]), (b[0], b[4])):.2f}")
         if not args.no_mnist:
             folder = write_folder(work / "mnist-png", 60_000, test=10_000)
-            cache = work / "cache-mnist-png"
-            shutil.rmtree(cache, ignore_errors=True)
-            idx = one_run("mnist", work / "runs" / "idx", work / "cache-idx", 5000)  # its decode cache filled once
-            idx = one_run("mnist", work / "runs" / "idx", work / "cache-idx", 5000)
-            first = one_run(f"folder:{folder}", work / "runs" / "png-first", cache, 5000)
-            second = one_run(f"folder:{folder}", work / "runs" / "png-second", cache, 5000)
-            print(f"MNIST, one epoch of fastnet: IDX files {idx['run_s']:.1f} s; as 70,000 PNGs: first run "
-                  f"{first['run_s']:.1f} s ({first['run_s'] / idx['run_s']:.2f}x, goal <= 1.6x), second run "
-                  f"{second['run_s']:.1f} s ({second['run_s'] / idx['run_s']:.2f}x, goal <= 1.25x); test accuracy "
-                  f"{idx['test_acc']:.2%} / {first['test_acc']:.2%} / {second['test_acc']:.2%}")
+            one_run("mnist", work / "runs" / "idx", work / "cache-idx", 5000)  # its decode cache filled once
+            for command in (False, True):
+                compare_mnist(folder, work, args.repeats, command)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

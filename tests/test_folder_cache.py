@@ -5,6 +5,7 @@ gets one clear line."""
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.data import folder, get_dataset, listed_once, loader, scan
+from cnnlab.data import folder, get_dataset, images, listed_once, loader, scan
+from cnnlab.data.loader import worker_processes
 from cnnlab.data.images import image_to_tensor, open_image
 from cnnlab.errors import CnnlabError
 
@@ -46,7 +48,7 @@ def count_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
     """Record every file whose header the scan reads, and every file the decoder decodes."""
     headers: list[str] = []
     decodes: list[str] = []
-    for module, name, seen in ((scan, "peek_image", headers), (folder, "open_image", decodes)):
+    for module, name, seen in ((images, "peek_image", headers), (folder, "open_image", decodes)):
         real = getattr(module, name)
 
         def counting(path, *a, real=real, seen=seen, **kw):
@@ -190,7 +192,7 @@ def test_a_folder_decodes_alike_in_threads_or_in_one(tmp_path: Path, monkeypatch
                                                      pays: float) -> None:
     # Threads pay for photos, one thread for small files (benchmarks/README.md): the same tensor and the same bad
     # files either way, in chunks that do not divide the folder.
-    monkeypatch.setattr(loader, "CHUNK", 3)
+    monkeypatch.setattr(folder, "CHUNK", 3)
     monkeypatch.setattr(loader, "THREADS_PAY_S", pays)
     rng = np.random.default_rng(0)
     files = []
@@ -278,32 +280,113 @@ def test_a_first_run_opens_each_small_file_once_and_decodes_it_as_a_second_open_
         assert torch.equal(folder_images[s], opened[s].images) and torch.equal(kept[s].targets, opened[s].targets)
 
 
-def test_what_a_scan_keeps_is_dropped_when_the_run_ends(tmp_path: Path, cache: Path) -> None:
+def test_what_a_scan_keeps_is_dropped_when_the_run_ends(tmp_path: Path, cache: Path, monkeypatch) -> None:
     root = mixed_folder(tmp_path / "imgs")
     with listed_once():
         found = scan.scan_folder(root)
         assert len(found.kept) == 2 * 8 - 1 and all(isinstance(k, str) for k in found.kept)  # not the cut file
     assert not found.kept
+    fresh_process(monkeypatch)
+    with listed_once():
+        streamed = get_dataset(f"folder:{root}", "train", image_size=(8, 8), stream=True)
+        assert streamed.images is None and not scan.scan_folder(root).kept  # not held while the folder streams
 
 
 def test_a_scan_leaves_nothing_per_file_for_the_garbage_collector(tmp_path: Path, cache: Path) -> None:
-    # A million Path objects or PIL images alive for a whole run made every collection walk them: the first run of
+    # A Path object or a PIL image per file, alive for a whole run, made every collection walk them: the first run of
     # MNIST as PNGs spent 3.8 of its 14.7 s in the collector (benchmarks/README.md, issue 29).
     import gc
 
     rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for i in range(500):
-            Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
-    gc.collect()
-    before = len(gc.get_objects())
+    for name, n in (("warm-up", 5), ("imgs", 500)):
+        for cls in ("a", "b"):
+            (tmp_path / name / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).save(tmp_path / name / cls / f"{i}.png")
     with listed_once():
+        scan.scan_folder(tmp_path / "warm-up")  # what a first scan creates once (imports, pools) is not counted
+        gc.collect()
+        before = len(gc.get_objects())
         found = scan.scan_folder(tmp_path / "imgs")
         gc.collect()
         during = len(gc.get_objects())
         assert len(found.files["train"]) == len(found.kept) == 1000
     assert during - before < 100  # a few objects for the scan, none for each of its 1,000 files and their pixels
+
+
+def small_pngs(root: Path, per_class: int) -> Path:
+    rng = np.random.default_rng(5)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (9, 11), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    (root / "b" / "bad.png").write_bytes(b"not an image")
+    return root
+
+
+def counting_processes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record each pool of worker processes made (its size); any Python-bound rest is long enough to pay for one."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    made: list[int] = []
+
+    class Counting(ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs["max_workers"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(loader, "ProcessPoolExecutor", Counting)
+    monkeypatch.setattr(loader, "PROCESSES_PAY_S", 0.0)
+    monkeypatch.setattr(scan, "CHUNK", 16)
+    return made
+
+
+def test_a_first_scan_reads_in_worker_processes_only_in_a_block_that_allows_them(tmp_path: Path, monkeypatch) -> None:
+    root = small_pngs(tmp_path / "imgs", per_class=60)
+    made = counting_processes(monkeypatch)
+    found = {}
+    for how in ("here", "forked"):
+        monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / f"cache-{how}"))  # a first scan each time
+        fresh_process(monkeypatch)
+        with worker_processes(2) if how == "forked" else nullcontext(), listed_once():
+            s = scan.scan_folder(root)
+            found[how] = (s.files, s.targets, s.sizes, s.gray, s.skipped, dict(s.kept))
+        assert made == ([] if how == "here" else [2])  # the library alone forks nothing
+    (files, targets, sizes, gray, skipped, kept), forked = found["here"], found["forked"]
+    assert forked[:5] == (files, targets, sizes, gray, skipped) and len(kept) == 120
+    assert forked[5].keys() == kept.keys() and all(np.array_equal(forked[5][k][0], kept[k][0]) for k in kept)
+    assert skipped == [(root / "b" / "bad.png", "not an image file (or a format Pillow cannot read)")]
+    assert scan.records_path(root).is_file()
+
+
+def test_cnnlab_train_reads_a_first_scan_in_worker_processes(tmp_path: Path, cache: Path, monkeypatch) -> None:
+    from cnnlab.cli.main import main
+
+    root = small_pngs(tmp_path / "imgs", per_class=60)
+    made = counting_processes(monkeypatch)
+    assert main(["train", "--dataset", f"folder:{root}", "--epochs", "1", "--out", str(tmp_path / "run"),
+                 "--quiet"]) == 0
+    cores = loader.decode_threads()
+    assert made == ([cores] if cores > 1 else []) and (tmp_path / "run" / "results.json").is_file()
+
+
+PARENT = os.getpid()
+
+
+def read_or_die(paths: list[str]) -> list[str]:
+    """Reads here; dies in a worker process, as one killed for memory would."""
+    if os.getpid() != PARENT:
+        os._exit(3)
+    return paths
+
+
+def test_a_worker_process_that_dies_is_one_clear_line(monkeypatch) -> None:
+    monkeypatch.setattr(loader, "PROCESSES_PAY_S", 0.0)
+    calls = [([f"{i}.png"] * 4,) for i in range(8)]
+    with worker_processes(2), pytest.raises(CnnlabError, match="worker process reading the files stopped") as exc:
+        list(loader.map_in_order(read_or_die, calls, 32, processes=True))
+    assert "\n" not in str(exc.value)
+    assert [r for r in loader.map_in_order(read_or_die, calls, 32, processes=True)] == [c[0] for c in calls]
 
 
 # ---------------------------------------------------------------- bad input: one line, nothing lost

@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnnlab.data.loader import worker_processes
     from cnnlab.training import train
     from cnnlab.training.config import explicit_settings
 
@@ -37,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
         from cnnlab.training.launch import launch
 
         return launch(settings)
-    result = train(**settings)
+    # A folder's first scan may read its files in worker processes: the command may fork, the library never does.
+    with worker_processes():
+        result = train(**settings)
     if settings.get("quiet") and result.results:  # the library prints nothing when quiet; the command its result
         from cnnlab.training.console import result_lines
 

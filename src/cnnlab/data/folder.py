@@ -13,7 +13,7 @@ from cnnlab.data.cache import CACHE_FORMAT, cached
 from cnnlab.data.dataset import ImageData
 from cnnlab.data.images import BadImageError, Small, image_to_array, image_to_tensor, open_image, small_to_array
 from cnnlab.data.info import DatasetInfo
-from cnnlab.data.loader import run_chunked
+from cnnlab.data.loader import CHUNK, map_in_order
 from cnnlab.data.scan import FolderScan, scan_folder
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import CnnlabError
@@ -90,9 +90,9 @@ def _decode_all(files: list[str], channels: int, size: tuple[int, int],
     out = torch.zeros(len(files), channels, *size, dtype=torch.uint8)
     rows = out.numpy()  # written through numpy: a tensor's row assignment costs more than a small image's decode
 
-    def some(start: int, stop: int) -> list[tuple[int, str]]:
+    def some(chunk: range) -> list[tuple[int, str]]:
         failed = []
-        for i in range(start, stop):
+        for i in chunk:
             try:
                 small = kept.pop(files[i], None) if kept else None
                 pixels = small_to_array(small, channels, size) if small is not None else None
@@ -103,7 +103,9 @@ def _decode_all(files: list[str], channels: int, size: tuple[int, int],
                 failed.append((i, str(exc).split(": ", 1)[-1]))
         return failed
 
-    bad = run_chunked(some, len(files))
+    n = len(files)
+    chunks = ((range(i, min(i + CHUNK, n)),) for i in range(0, n, CHUNK))
+    bad = [r for failed in map_in_order(some, chunks, n) for r in failed]
     return {"images": out, "bad": torch.tensor([i for i, _ in bad], dtype=torch.long),
             "reasons": [reason for _, reason in bad]}
 
@@ -146,6 +148,7 @@ def get_folder_dataset(
     if stream or n_total * ch * size[0] * size[1] > limit:
         sample = splits["train"][0][:: max(1, len(splits["train"][0]) // 500)][:500]
         info = _with_stats(info, _decode(sample, ch, size, scan, remember=False)[0])
+        scan.kept.clear()  # what the scan kept is not held while the folder streams
         return FolderStream(files, targets, replace(info, in_memory=False), split, size)
     info = _with_stats(info, _decode(splits["train"][0], ch, size, scan)[0])
     images, good = _decode(files, ch, size, scan)

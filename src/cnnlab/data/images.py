@@ -88,10 +88,22 @@ def peek_image(path: str | os.PathLike, decode_below: int = 0) -> tuple[tuple[bo
             return header, (np.asarray(img), img.format, (w, h))
 
 
+def peek_files(paths: list[str], decode_below: int = 0) -> list[tuple[tuple[bool, int, int], Small | None] | str]:
+    """`peek_image` over many files: for each, its answer, or for what is not an image the reason, as a string. (A
+    module-level function: worker processes run it.)"""
+    out: list[tuple[tuple[bool, int, int], Small | None] | str] = []
+    for path in paths:
+        try:
+            out.append(peek_image(path, decode_below))
+        except BadImageError as exc:
+            out.append(str(exc).split(": ", 1)[-1])
+    return out
+
+
 # A small image decoded by a scan (`peek_image`): its pixels upright, (H, W) or (H, W, 3) uint8; its file's format;
 # its size as stored, (width, height). A plain tuple of an array, a string and ints, which the garbage collector
 # stops tracking: a NamedTuple or a PIL image per file of a folder it would walk on every collection.
-Small = tuple[np.ndarray, Union[str, None], tuple[int, int]]
+Small = tuple[np.ndarray, str | None, tuple[int, int]]
 
 
 def small_to_array(small: Small, channels: int, size: tuple[int, int]) -> np.ndarray | None:

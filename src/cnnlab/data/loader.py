@@ -8,21 +8,29 @@ the same seed gives the same batches, and a run can resume in the middle of an e
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import sys
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
+from itertools import islice
 from typing import Callable, TypeVar
 
 import torch
 
 from cnnlab.data.augment import Augment
 from cnnlab.data.pipeline import Pipeline
+from cnnlab.errors import CnnlabError
 
 MEMORY_LIMIT = 1 << 30  # convert (resize) the whole dataset up front when the result fits in this many bytes
 PREFETCH = 2  # batches of a streamed split being decoded ahead of the one in use
 CHUNK = 256  # files one thread takes in one go: a future per file costs more than a small file's work
 THREADS_PAY_S = 300e-6  # a file takes longer than this: threads pay (benchmarks/README.md, issue 29)
+PROCESSES_PAY_S = 1.0  # Python-bound work longer than this pays for forking worker processes (~50 ms)
 
 T = TypeVar("T")
 
@@ -38,18 +46,65 @@ def decode_threads(requested: int = 0) -> int:
         return os.cpu_count() or 1
 
 
-def run_chunked(work: Callable[[int, int], list[T]], n: int) -> list[T]:
-    """work(start, stop) over range(n) in chunks of CHUNK, the results joined in order. The first chunk runs here,
-    timed: where a file took longer than THREADS_PAY_S (waiting on a disk, or decoding a photo in C without the
-    GIL), the rest runs in decode_threads() threads; else here too, as small files are mostly Python, and threads
-    fighting over the GIL handle them slower than one thread does."""
+def map_in_order(fn: Callable[..., list[T]], calls: Iterable[tuple], files: int,
+                 processes: bool = False) -> Iterator[list[T]]:
+    """fn(*args) for each args of `calls` (args[0]: a chunk of CHUNK files or fewer; `files` in all), yielded in
+    order; `calls` is read a few ahead of what was yielded, so later calls may depend on the results so far.
+
+    The first call runs here, timed. Where a file took longer than THREADS_PAY_S (waiting on a disk, or decoding a
+    photo in C without the GIL), the rest run in decode_threads() threads. Where it took less, the work is
+    Python-bound and threads fighting over the GIL would be slower than one: the rest run here, or, when
+    `processes` (fn must then be a module-level function), a `worker_processes` block allows them and the rest
+    would take longer than PROCESSES_PAY_S, in worker processes.
+    """
+    calls = iter(calls)
+    first = next(calls, None)
+    if first is None:
+        return
     start = time.perf_counter()
-    out = work(0, min(CHUNK, n))
-    rest = range(CHUNK, n, CHUNK)
-    if (time.perf_counter() - start) / max(1, min(CHUNK, n)) < THREADS_PAY_S or not rest:
-        return out + [r for a in rest for r in work(a, min(a + CHUNK, n))]
-    with ThreadPoolExecutor(max_workers=decode_threads(), thread_name_prefix="cnnlab-decode") as pool:
-        return out + [r for done in pool.map(lambda a: work(a, min(a + CHUNK, n)), rest) for r in done]
+    yield fn(*first)
+    per_file = (time.perf_counter() - start) / max(1, len(first[0]))
+    allowed = _PROCESSES.get()
+    if per_file >= THREADS_PAY_S:
+        workers = decode_threads()
+        pool: Executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnnlab-decode")
+    elif processes and allowed > 1 and per_file * (files - len(first[0])) > PROCESSES_PAY_S:
+        workers = allowed
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    else:
+        for args in calls:
+            yield fn(*args)
+        return
+    with pool:
+        ahead = deque(pool.submit(fn, *args) for args in islice(calls, 2 * workers))
+        while ahead:
+            try:
+                done = ahead.popleft().result()
+            except BrokenExecutor as exc:  # a worker killed (out of memory, a signal): one line, not a traceback
+                raise CnnlabError(f"a worker process reading the files stopped ({exc}): run the command again; "
+                                  f"if it stops again, train with cnnlab.train in Python, which reads them in one "
+                                  f"process") from None
+            upcoming = next(calls, None)
+            if upcoming is not None:
+                ahead.append(pool.submit(fn, *upcoming))
+            yield done
+
+
+@contextmanager
+def worker_processes(n: int = 0) -> Iterator[None]:
+    """Within this block, reading many small files (a folder's first scan: Python-bound work that threads cannot
+    share) may run in `n` worker processes (0: one per core), forked when it starts and gone when it ends. Outside
+    such a block nothing is forked: a library does not fork behind its caller's back; the `cnnlab` command opens
+    one (benchmarks/README.md, issue 29)."""
+    workers = n if n > 0 else decode_threads()
+    token = _PROCESSES.set(workers if sys.platform == "linux" else 0)  # fork: the only start that costs nothing
+    try:
+        yield
+    finally:
+        _PROCESSES.reset(token)
+
+
+_PROCESSES: ContextVar[int] = ContextVar("cnnlab_worker_processes", default=0)
 
 
 def _seed(*parts: int) -> int:

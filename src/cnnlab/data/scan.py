@@ -23,8 +23,8 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cnnlab.data.images import IMAGE_EXTENSIONS, BadImageError, Small, peek_image
-from cnnlab.data.loader import run_chunked
+from cnnlab.data.images import IMAGE_EXTENSIONS, Small, peek_files
+from cnnlab.data.loader import CHUNK, map_in_order
 from cnnlab.data.paths import decoded_cache_dir
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_path
@@ -42,8 +42,8 @@ class FolderScan:
 
     root: Path
     classes: tuple[str, ...]
-    # split -> files ("train", and "val"/"test" when the folder has them), as strings: a large folder's Path objects
-    # were most of its scan's memory, and of the garbage collector's work for the rest of the run (issue 29)
+    # split -> files ("train", and "val"/"test" when the folder has them), as strings: a Path object per file would
+    # be most of a large folder's scan in memory, and work for the garbage collector for the whole run
     files: dict[str, list[str]]
     targets: dict[str, list[int]]
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason)
@@ -85,7 +85,8 @@ def scan_folder(root: Path) -> FolderScan:
 def listed_once() -> Iterator[None]:
     """Within this block a folder is listed once: what asks for its scan again (a run's profile, then its train,
     val and test splits) gets that same scan, so all of them see the same files, and a large folder is not walked
-    four times. Outside it, every call lists the folder afresh (a notebook sees the files it just added)."""
+    four times; a first scan keeps the pixels of small images for the decode that follows (each file opened once),
+    until the block ends. Outside it, every call lists the folder afresh (a notebook sees the files it just added)."""
     token = _LISTED.set({})
     try:
         yield
@@ -207,24 +208,23 @@ def _scan(root: Path, classes: tuple[str, ...], listing: dict[str, list[Entry]],
             else:
                 todo.append(e)
     scan = FolderScan(root, classes, {}, {}, gray=True, key=key)
-    room = [KEEP_BYTES if _LISTED.get() is not None else 0]  # shared by the threads: near enough is enough
+    room = KEEP_BYTES if _LISTED.get() is not None else 0  # for the pixels of small images, kept for the decode
 
-    def read(start: int, stop: int) -> list[list[Any]]:
-        out = []
-        for e in todo[start:stop]:
-            try:
-                header, small = peek_image(e.path, SMALL_PIXELS if room[0] > 0 else 0)
-            except BadImageError as exc:
-                out.append([str(exc).split(": ", 1)[-1]])
+    def calls():  # read lazily, a few chunks ahead of the results: the room left decides what the next one keeps
+        for i in range(0, len(todo), CHUNK):
+            yield [e.path for e in todo[i: i + CHUNK]], SMALL_PIXELS if room > 0 else 0
+
+    results = map_in_order(peek_files, calls(), len(todo), processes=True)
+    for i, chunk in enumerate(results):
+        for e, result in zip(todo[i * CHUNK: (i + 1) * CHUNK], chunk):
+            if isinstance(result, str):
+                records[e.rel] = [*(e.stamp or (-1, -1)), result]
                 continue
-            if small is not None:
+            header, small = result
+            if small is not None and room > 0:
                 scan.kept[e.path] = small
-                room[0] -= header[1] * header[2] * (1 if header[0] else 3)
-            out.append(list(header))
-        return out
-
-    for e, result in zip(todo, run_chunked(read, len(todo))):
-        records[e.rel] = [*(e.stamp or (-1, -1)), *result]
+                room -= small[0].nbytes
+            records[e.rel] = [*(e.stamp or (-1, -1)), *header]
     keep = {rel: r for rel, r in records.items() if r[0] >= 0}  # broken links are never kept: checked each run
     if keep != known:
         save_records(root, keep)
@@ -302,11 +302,17 @@ def load_records(root: Path) -> dict[str, list[Any]]:
 
 
 def _valid(r: Any) -> bool:
-    if not isinstance(r, list) or len(r) not in (3, 5) or not all(type(v) is int and v >= 0 for v in r[:2]):
+    """[size, mtime_ns, is_gray, H, W] or [size, mtime_ns, reason] (unrolled: this runs for every file of a folder)."""
+    if type(r) is not list:
         return False
+    if len(r) == 5:
+        size, mtime, gray, h, w = r
+        return (type(size) is int and type(mtime) is int and size >= 0 and mtime >= 0 and type(gray) is bool
+                and type(h) is int and type(w) is int and h > 0 and w > 0)
     if len(r) == 3:
-        return isinstance(r[2], str)
-    return type(r[2]) is bool and all(type(v) is int and v > 0 for v in r[3:])
+        size, mtime, reason = r
+        return type(size) is int and type(mtime) is int and size >= 0 and mtime >= 0 and type(reason) is str
+    return False
 
 
 def save_records(root: Path, records: dict[str, list[Any]]) -> None:

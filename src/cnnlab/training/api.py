@@ -39,8 +39,9 @@ def train(config: TrainConfig | None = None, callbacks: Iterable[Any] = (), **se
     out = Printer(cfg)
     with listed_once():  # a folder dataset is listed once: the automatic choices and the splits see the same files
         plan = prepare(cfg, out)
-        with build(plan, out=out) as job:
-            return fit(job, TrainState(), callbacks, out)
+        job = build(plan, out=out)
+    with job:
+        return fit(job, TrainState(), callbacks, out)
 
 
 def resume(run: str | Path, callbacks: Iterable[Any] = (), **overrides: Any) -> Run:
@@ -62,7 +63,9 @@ def resume(run: str | Path, callbacks: Iterable[Any] = (), **overrides: Any) -> 
         raise CnnlabError(f"{run_dir} already finished its training and wrote its results; to train longer, give "
                           f"more epochs: cnnlab.resume(run, epochs=N), or cnnlab train --resume RUN --epochs N")
     out = Printer(plan.cfg)
-    with listed_once(), build(plan, run_dir=run_dir, out=out) as job:
+    with listed_once():
+        job = build(plan, run_dir=run_dir, out=out)
+    with job:
         state = restore(job, ckpt)
         if state.meter is None:  # a stopping rule the resume changed (--patience, --max-time) may already hold
             state.stopped = state.stopped or stop_reason(plan.cfg, state)
