@@ -324,31 +324,33 @@ def small_pngs(root: Path, per_class: int) -> Path:
     return root
 
 
-def counting_processes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record each pool of worker processes made (its size); any Python-bound rest is long enough to pay for one."""
-    from concurrent.futures import ProcessPoolExecutor
+def counting_processes(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], object]:
+    """A maker of worker processes (the command's fork_pool) that records each pool's size; any Python-bound rest is
+    long enough to pay for one."""
+    from cnnlab.cli import processes
 
     made: list[int] = []
+    real = processes.fork_pool
 
-    class Counting(ProcessPoolExecutor):
-        def __init__(self, *args, **kwargs):
-            made.append(kwargs["max_workers"])
-            super().__init__(*args, **kwargs)
+    def counting(workers: int):
+        made.append(workers)
+        return real(workers)
 
-    monkeypatch.setattr(loader, "ProcessPoolExecutor", Counting)
+    monkeypatch.setattr(processes, "fork_pool", counting)
     monkeypatch.setattr(loader, "PROCESSES_PAY_S", 0.0)
     monkeypatch.setattr(scan, "CHUNK", 16)
-    return made
+    return made, counting
 
 
-def test_a_first_scan_reads_in_worker_processes_only_in_a_block_that_allows_them(tmp_path: Path, monkeypatch) -> None:
+def test_a_first_scan_reads_in_worker_processes_only_in_a_block_that_allows_them(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
     root = small_pngs(tmp_path / "imgs", per_class=60)
-    made = counting_processes(monkeypatch)
+    made, start = counting_processes(monkeypatch)
     found = {}
     for how in ("here", "forked"):
         monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / f"cache-{how}"))  # a first scan each time
         fresh_process(monkeypatch)
-        with worker_processes(2) if how == "forked" else nullcontext(), listed_once():
+        with worker_processes(start, 2) if how == "forked" else nullcontext(), listed_once():
             s = scan.scan_folder(root)
             found[how] = (s.files, s.targets, s.sizes, s.gray, s.skipped, dict(s.kept))
         assert made == ([] if how == "here" else [2])  # the library alone forks nothing
@@ -363,7 +365,7 @@ def test_cnnlab_train_reads_a_first_scan_in_worker_processes(tmp_path: Path, cac
     from cnnlab.cli.main import main
 
     root = small_pngs(tmp_path / "imgs", per_class=60)
-    made = counting_processes(monkeypatch)
+    made, _ = counting_processes(monkeypatch)
     assert main(["train", "--dataset", f"folder:{root}", "--epochs", "1", "--out", str(tmp_path / "run"),
                  "--quiet"]) == 0
     cores = loader.decode_threads()
@@ -383,7 +385,10 @@ def read_or_die(paths: list[str]) -> list[str]:
 def test_a_worker_process_that_dies_is_one_clear_line(monkeypatch) -> None:
     monkeypatch.setattr(loader, "PROCESSES_PAY_S", 0.0)
     calls = [([f"{i}.png"] * 4,) for i in range(8)]
-    with worker_processes(2), pytest.raises(CnnlabError, match="worker process reading the files stopped") as exc:
+    from cnnlab.cli.processes import fork_pool
+
+    stopped = pytest.raises(CnnlabError, match="worker process reading the files stopped")
+    with worker_processes(fork_pool, 2), stopped as exc:
         list(loader.map_in_order(read_or_die, calls, 32, processes=True))
     assert "\n" not in str(exc.value)
     assert [r for r in loader.map_in_order(read_or_die, calls, 32, processes=True)] == [c[0] for c in calls]

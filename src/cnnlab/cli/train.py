@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnnlab.cli.processes import pool_maker
     from cnnlab.data.loader import worker_processes
     from cnnlab.training import train
     from cnnlab.training.config import explicit_settings
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
         return launch(settings)
     # A folder's first scan may read its files in worker processes: the command may fork, the library never does.
-    with worker_processes():
+    with worker_processes(pool_maker()):
         result = train(**settings)
     if settings.get("quiet") and result.results:  # the library prints nothing when quiet; the command its result
         from cnnlab.training.console import result_lines

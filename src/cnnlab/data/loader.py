@@ -8,13 +8,11 @@ the same seed gives the same batches, and a run can resume in the middle of an e
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from itertools import islice
@@ -30,7 +28,7 @@ MEMORY_LIMIT = 1 << 30  # convert (resize) the whole dataset up front when the r
 PREFETCH = 2  # batches of a streamed split being decoded ahead of the one in use
 CHUNK = 256  # files one thread takes in one go: a future per file costs more than a small file's work
 THREADS_PAY_S = 300e-6  # a file takes longer than this: threads pay (benchmarks/README.md, issue 29)
-PROCESSES_PAY_S = 1.0  # Python-bound work longer than this pays for forking worker processes (~50 ms)
+PROCESSES_PAY_S = 1.0  # Python-bound work longer than this pays for starting worker processes (a fork: ~50 ms)
 
 T = TypeVar("T")
 
@@ -68,9 +66,9 @@ def map_in_order(fn: Callable[..., list[T]], calls: Iterable[tuple], files: int,
     if per_file >= THREADS_PAY_S:
         workers = decode_threads()
         pool: Executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnnlab-decode")
-    elif processes and allowed > 1 and per_file * (files - len(first[0])) > PROCESSES_PAY_S:
-        workers = allowed
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    elif processes and allowed and allowed[1] > 1 and per_file * (files - len(first[0])) > PROCESSES_PAY_S:
+        start, workers = allowed
+        pool = start(workers)
     else:
         for args in calls:
             yield fn(*args)
@@ -91,20 +89,20 @@ def map_in_order(fn: Callable[..., list[T]], calls: Iterable[tuple], files: int,
 
 
 @contextmanager
-def worker_processes(n: int = 0) -> Iterator[None]:
+def worker_processes(start: Callable[[int], Executor] | None, n: int = 0) -> Iterator[None]:
     """Within this block, reading many small files (a folder's first scan: Python-bound work that threads cannot
-    share) may run in `n` worker processes (0: one per core), forked when it starts and gone when it ends. Outside
-    such a block nothing is forked: a library does not fork behind its caller's back; the `cnnlab` command opens
-    one (benchmarks/README.md, issue 29)."""
-    workers = n if n > 0 else decode_threads()
-    token = _PROCESSES.set(workers if sys.platform == "linux" else 0)  # fork: the only start that costs nothing
+    share) may run in `n` worker processes (0: one per core) that `start(n)` makes when a read begins; the read
+    shuts them down when it ends. Without such a block (or with `start` None) nothing runs outside this process:
+    a library does not fork behind its caller's back; the `cnnlab` command opens one (cli/processes.py)."""
+    token = _PROCESSES.set((start, n if n > 0 else decode_threads()) if start is not None else None)
     try:
         yield
     finally:
         _PROCESSES.reset(token)
 
 
-_PROCESSES: ContextVar[int] = ContextVar("cnnlab_worker_processes", default=0)
+_PROCESSES: ContextVar[tuple[Callable[[int], Executor], int] | None] = ContextVar("cnnlab_worker_processes",
+                                                                                 default=None)
 
 
 def _seed(*parts: int) -> int:
