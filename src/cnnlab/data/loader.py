@@ -59,16 +59,16 @@ def map_in_order(fn: Callable[..., list[T]], calls: Iterable[tuple], files: int,
     first = next(calls, None)
     if first is None:
         return
-    start = time.perf_counter()
+    began = time.perf_counter()
     yield fn(*first)
-    per_file = (time.perf_counter() - start) / max(1, len(first[0]))
+    per_file = (time.perf_counter() - began) / max(1, len(first[0]))
     allowed = _PROCESSES.get()
     if per_file >= THREADS_PAY_S:
         workers = decode_threads()
         pool: Executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cnnlab-decode")
     elif processes and allowed and allowed[1] > 1 and per_file * (files - len(first[0])) > PROCESSES_PAY_S:
-        start, workers = allowed
-        pool = start(workers)
+        make, workers = allowed
+        pool = make(workers)
     else:
         for args in calls:
             yield fn(*args)
@@ -89,12 +89,12 @@ def map_in_order(fn: Callable[..., list[T]], calls: Iterable[tuple], files: int,
 
 
 @contextmanager
-def worker_processes(start: Callable[[int], Executor] | None, n: int = 0) -> Iterator[None]:
+def worker_processes(make: Callable[[int], Executor] | None, n: int = 0) -> Iterator[None]:
     """Within this block, reading many small files (a folder's first scan: Python-bound work that threads cannot
-    share) may run in `n` worker processes (0: one per core) that `start(n)` makes when a read begins; the read
-    shuts them down when it ends. Without such a block (or with `start` None) nothing runs outside this process:
+    share) may run in `n` worker processes (0: one per core) that `make(n)` starts when a read begins; the read
+    shuts them down when it ends. Without such a block (or with `make` None) nothing runs outside this process:
     a library does not fork behind its caller's back; the `cnnlab` command opens one (cli/processes.py)."""
-    token = _PROCESSES.set((start, n if n > 0 else decode_threads()) if start is not None else None)
+    token = _PROCESSES.set((make, n if n > 0 else decode_threads()) if make is not None else None)
     try:
         yield
     finally:
