@@ -206,13 +206,24 @@ def test_a_folder_decodes_alike_in_threads_or_in_one(tmp_path: Path, monkeypatch
         if i != 4:
             assert torch.equal(got["images"][i], image_to_tensor(open_image(f), 1, (6, 5)))
 
+
+def count_listings(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record each split folder the scan lists."""
+    listed: list[Path] = []
+    real = scan.list_split
+
+    def counting(root: Path, folder: Path, classes: tuple[str, ...]):
+        listed.append(folder)
+        return real(root, folder, classes)
+
+    monkeypatch.setattr(scan, "list_split", counting)
+    return listed
+
+
 def test_a_run_lists_its_folder_once_and_its_splits_see_the_same_files(tmp_path: Path, cache: Path,
                                                                        monkeypatch) -> None:
     root = make_folder(tmp_path / "imgs", per_class=10)
-    listed: list[str] = []
-    real = scan.list_split
-    monkeypatch.setattr(scan, "list_split", lambda root, folder, classes: listed.append(folder) or real(root, folder,
-                                                                                                      classes))
+    listed = count_listings(monkeypatch)
     with listed_once():
         first = scan.scan_folder(root)
         Image.new("L", (12, 10), 7).save(root / "light" / "late.png")  # added during the run: not in its splits
@@ -227,10 +238,7 @@ def test_cnnlab_train_lists_a_folder_once(tmp_path: Path, cache: Path, monkeypat
     import cnnlab
 
     root = make_folder(tmp_path / "imgs", per_class=12)
-    listed: list[str] = []
-    real = scan.list_split
-    monkeypatch.setattr(scan, "list_split", lambda root, folder, classes: listed.append(folder) or real(root, folder,
-                                                                                                      classes))
+    listed = count_listings(monkeypatch)
     run = cnnlab.train(dataset=f"folder:{root}", epochs=1, out=str(tmp_path / "run"), quiet=True)
     assert run.status == "completed" and len(listed) == 1  # the automatic choices and the three splits: one listing
 
