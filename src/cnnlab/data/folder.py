@@ -100,7 +100,7 @@ def _decode_all(files: list[str], channels: int, size: tuple[int, int],
                     pixels = image_to_array(open_image(files[i], draft=size), channels, size)
                 rows[i] = pixels.transpose(2, 0, 1)
             except BadImageError as exc:
-                failed.append((i, str(exc).split(": ", 1)[-1]))
+                failed.append((i, exc.reason))
         return failed
 
     n = len(files)
@@ -162,7 +162,7 @@ def _decode(files: list[str], channels: int, size: tuple[int, int], scan: Folder
     time: any change in the folder is a new key), and the decoded size and channels. Files that fail to decode are
     said on every run, and left out every time."""
     h = hashlib.sha1(f"cnnlab-cache-{CACHE_FORMAT}|folder|{channels}|{tuple(size)}|{scan.key}\n".encode())
-    h.update("\n".join(map(str, files)).encode())
+    h.update("\n".join(files).encode())
     key = h.hexdigest()[:20]
     if key not in _DECODED:
         while len(_DECODED) >= DECODED_MEMO:

@@ -25,7 +25,15 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 class BadImageError(CnnlabError):
-    """A file that is not a readable image (corrupt, truncated, not an image, too large)."""
+    """A file that is not a readable image (corrupt, truncated, not an image, too large): "name: reason", and the
+    `reason` alone, for lists of bad files by path."""
+
+    def __init__(self, name: object, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
+
+    def __reduce__(self):  # raised in a worker process, it comes back whole
+        return type(self), (self.name, self.reason)
 
 
 def open_image(
@@ -49,7 +57,7 @@ def open_image(
         img = Image.open(fp)
         w, h = img.size
         if max_pixels is not None and w * h > max_pixels:
-            raise BadImageError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels:,}")
+            raise BadImageError(name, f"{w}x{h} pixels is over the limit of {max_pixels:,}")
         if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
             img.info["source_size"] = (w, h)  # the size as stored, before the reduced decode
             img.draft(img.mode, (draft[1], draft[0]))
@@ -96,7 +104,7 @@ def peek_files(paths: list[str], decode_below: int = 0) -> list[tuple[tuple[bool
         try:
             out.append(peek_image(path, decode_below))
         except BadImageError as exc:
-            out.append(str(exc).split(": ", 1)[-1])
+            out.append(exc.reason)
     return out
 
 
@@ -124,15 +132,15 @@ def _as_bad_image(name: object) -> Iterator[None]:
     try:
         yield
     except FileNotFoundError:
-        raise BadImageError(f"{name}: no such file") from None
+        raise BadImageError(name, "no such file") from None
     except IsADirectoryError:
-        raise BadImageError(f"{name}: is a directory, not an image") from None
+        raise BadImageError(name, "is a directory, not an image") from None
     except UnidentifiedImageError:
-        raise BadImageError(f"{name}: not an image file (or a format Pillow cannot read)") from None
+        raise BadImageError(name, "not an image file (or a format Pillow cannot read)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImageError(f"{name}: refused as a decompression bomb ({exc})") from None
+        raise BadImageError(name, f"refused as a decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(f"{name}: corrupt or truncated image ({exc})") from None
+        raise BadImageError(name, f"corrupt or truncated image ({exc})") from None
 
 
 def to_8bit(img: Image.Image, channels: int) -> Image.Image:

@@ -178,10 +178,11 @@ def onnx_run(module: nn.Module, example: torch.Tensor) -> Run:
     from cnnlab.models.onnx import session_options
 
     path = onnx_path(module, tuple(example.shape[1:]))
-    session = _session(path, session_options(torch.get_num_threads(), spin=False)) if path.is_file() else None
+    options = session_options(torch.get_num_threads(), spin=False)
+    session = _session(path, options) if path.is_file() else None
     if session is None:
         _export(module, example, path)
-        session = _session(path, session_options(torch.get_num_threads(), spin=False))
+        session = _session(path, options)
         if session is None:
             raise CnnlabError(f"the exported network {path} does not load in ONNX Runtime")
     name = session.get_inputs()[0].name
